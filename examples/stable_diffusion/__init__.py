@@ -1,0 +1,1 @@
+"""Stable Diffusion with ortbind: ONNX export and a tiny offline test model."""

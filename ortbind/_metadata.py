@@ -1,0 +1,174 @@
+"""Read a model's inputs and outputs with the ``onnx`` package into frozen specs.
+
+The model is parsed once, without its external weight files (``load_external_data=False``):
+ONNX Runtime loads weights itself, and ortbind needs only names, types and dims.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Union
+
+import onnx
+import torch
+
+from ._dtypes import element_type_name, from_onnx
+from ._shapes import Dim, format_dims
+from .errors import ModelError
+
+__all__ = ["ModelSource", "ModelSpec", "TensorSpec", "load_model", "read_spec"]
+
+ModelSource = Union[str, "os.PathLike[str]", bytes, onnx.ModelProto]
+"""A model as a file path, serialized bytes, or an in-memory ``onnx.ModelProto``."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One model input or output as the model declares it.
+
+    Attributes:
+        name: The input or output name.
+        elem_type: The ONNX element type int (``TensorProto.FLOAT16`` = 10); 0 for non-tensors.
+        dtype: The torch dtype ortbind binds it with, or ``None`` when it cannot be bound.
+        dims: Declared dims: ints, symbol or expression strings, ``None`` for an unnamed unknown
+            dim; ``None`` as a whole when the rank is unknown.
+        type_str: ONNX Runtime's spelling of the type, e.g. ``"tensor(float16)"``.
+        unsupported: Why ortbind cannot bind it, or ``None`` if it can.
+    """
+
+    name: str
+    elem_type: int
+    dtype: torch.dtype | None
+    dims: tuple[Dim, ...] | None
+    type_str: str
+    unsupported: str | None = None
+
+    @property
+    def elem_type_name(self) -> str:
+        """The ONNX name of the element type, e.g. ``"FLOAT16"``."""
+        return element_type_name(self.elem_type)
+
+    @property
+    def rank(self) -> int | None:
+        """The declared rank, or ``None`` if unknown."""
+        return None if self.dims is None else len(self.dims)
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.type_str} {format_dims(self.dims)}"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model's interface: inputs and outputs in declaration order, plus provenance.
+
+    Attributes:
+        inputs: Inputs the caller feeds (initializer-backed graph inputs are left out).
+        outputs: Graph outputs.
+        opsets: Domain -> opset version.
+        producer: ``producer_name producer_version`` as the file records it.
+        ir_version: The ONNX IR version.
+    """
+
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    opsets: tuple[tuple[str, int], ...]
+    producer: str
+    ir_version: int
+
+    def input(self, name: str) -> TensorSpec:
+        """The input called ``name``; raises ``KeyError`` if there is none."""
+        for spec in self.inputs:
+            if spec.name == name:
+                return spec
+        raise KeyError(name)
+
+    def output(self, name: str) -> TensorSpec:
+        """The output called ``name``; raises ``KeyError`` if there is none."""
+        for spec in self.outputs:
+            if spec.name == name:
+                return spec
+        raise KeyError(name)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """The parsed graph (weights not loaded) and what to hand ONNX Runtime."""
+
+    proto: onnx.ModelProto
+    ort_source: str | bytes
+    path: Path | None
+
+
+def load_model(source: ModelSource) -> LoadedModel:
+    """Parse a model once, leaving external weight data on disk.
+
+    Raises:
+        ModelError: The file is missing or is not an ONNX model.
+    """
+    if isinstance(source, onnx.ModelProto):
+        return LoadedModel(source, source.SerializeToString(), None)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+        try:
+            proto = onnx.load_model_from_string(data)
+        except Exception as exc:  # protobuf raises DecodeError and friends
+            raise ModelError(f"model bytes: not a serialized ONNX model ({exc})") from exc
+        return LoadedModel(proto, data, None)
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.is_file():
+            raise ModelError(f"model file {str(path)!r} does not exist; pass the path of a .onnx file")
+        try:
+            proto = onnx.load(str(path), load_external_data=False)
+        except Exception as exc:
+            raise ModelError(f"model file {str(path)!r}: not an ONNX model ({exc})") from exc
+        return LoadedModel(proto, str(path), path)
+    raise ModelError(f"model: expected a path, bytes or onnx.ModelProto, got {type(source).__name__}")
+
+
+def _type_str(tp: onnx.TypeProto) -> str:
+    kind = tp.WhichOneof("value")
+    if kind == "tensor_type":
+        return f"tensor({element_type_name(tp.tensor_type.elem_type).lower()})"
+    if kind == "sparse_tensor_type":
+        return f"sparse_tensor({element_type_name(tp.sparse_tensor_type.elem_type).lower()})"
+    if kind == "sequence_type":
+        return f"seq({_type_str(tp.sequence_type.elem_type)})"
+    if kind == "map_type":
+        key = element_type_name(tp.map_type.key_type).lower()
+        return f"map({key},{_type_str(tp.map_type.value_type)})"
+    if kind == "optional_type":
+        return f"optional({_type_str(tp.optional_type.elem_type)})"
+    return "unknown"
+
+
+def _tensor_spec(value: onnx.ValueInfoProto) -> TensorSpec:
+    tp = value.type
+    type_str = _type_str(tp)
+    if tp.WhichOneof("value") != "tensor_type":
+        return TensorSpec(value.name, 0, None, None, type_str, f"it is a {type_str}; ortbind binds dense tensors only")
+    tensor = tp.tensor_type
+    dims: tuple[Dim, ...] | None = None
+    if tensor.HasField("shape"):
+        dims = tuple(
+            d.dim_value if d.HasField("dim_value") else (d.dim_param if d.HasField("dim_param") else None)
+            for d in tensor.shape.dim
+        )
+    row = from_onnx(tensor.elem_type)
+    if row is None:
+        why = f"its element type {element_type_name(tensor.elem_type)} has no torch dtype that ONNX Runtime can bind"
+        return TensorSpec(value.name, tensor.elem_type, None, dims, type_str, why)
+    return TensorSpec(value.name, tensor.elem_type, row.torch, dims, type_str)
+
+
+def read_spec(proto: onnx.ModelProto) -> ModelSpec:
+    """The inputs and outputs the graph declares, as frozen specs."""
+    graph = proto.graph
+    initialized = {t.name for t in graph.initializer} | {s.values.name for s in graph.sparse_initializer}
+    inputs = tuple(_tensor_spec(v) for v in graph.input if v.name not in initialized)
+    outputs = tuple(_tensor_spec(v) for v in graph.output)
+    producer = f"{proto.producer_name} {proto.producer_version}".strip()
+    opsets = tuple((o.domain or "ai.onnx", o.version) for o in proto.opset_import)
+    return ModelSpec(inputs, outputs, opsets, producer, proto.ir_version)

@@ -1,0 +1,177 @@
+"""Devices and execution providers: what to ask ONNX Runtime for, and why it may refuse.
+
+Loading concerns only; nothing here runs a model.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import onnxruntime as ort
+import torch
+from onnxruntime.capi import build_and_package_info as _build_info
+
+from .errors import DeviceError
+
+__all__ = [
+    "CPU",
+    "CUDA",
+    "GPU_PROVIDERS",
+    "ProviderPlan",
+    "ProviderSpec",
+    "diagnose",
+    "parse_device",
+    "plan_providers",
+]
+
+CPU: Final = "CPUExecutionProvider"
+CUDA: Final = "CUDAExecutionProvider"
+TENSORRT: Final = "TensorrtExecutionProvider"
+GPU_PROVIDERS: Final = frozenset({CUDA, TENSORRT, "NvTensorRTRTXExecutionProvider"})
+"""Providers that run on a CUDA device and therefore take ``device_id`` and a compute stream."""
+
+ProviderSpec = str | tuple[str, Mapping[str, Any]]
+"""A provider name, or ``(name, options)`` as ``onnxruntime.InferenceSession`` takes it."""
+
+_LIBRARY_STEMS: Final = {CUDA: "onnxruntime_providers_cuda", TENSORRT: "onnxruntime_providers_tensorrt"}
+
+
+def parse_device(device: str | torch.device) -> torch.device:
+    """Normalize ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or a ``torch.device`` to one with an index.
+
+    Raises:
+        DeviceError: Another device type, or an unparsable string.
+    """
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise DeviceError(f"device {device!r}: not a device ({exc}); pass 'cpu', 'cuda' or 'cuda:N'") from exc
+    if dev.type == "cpu":
+        return torch.device("cpu")
+    if dev.type == "cuda":
+        return torch.device("cuda", 0 if dev.index is None else dev.index)
+    raise DeviceError(f"device {str(dev)!r}: ortbind runs on 'cpu' or 'cuda[:N]'; pass one of those")
+
+
+@dataclass
+class ProviderPlan:
+    """The providers and options to create a session with, and the device tensors must live on.
+
+    Attributes:
+        device: Where inputs must be and outputs are allocated.
+        providers: Provider names, highest priority first.
+        options: One options dict per provider, all values as strings.
+        user_stream: The ``user_compute_stream`` handle the caller chose, if any.
+    """
+
+    device: torch.device
+    providers: list[str]
+    options: list[dict[str, str]] = field(default_factory=list)
+    user_stream: int | None = None
+
+    @property
+    def requested(self) -> list[str]:
+        """The providers that must be active for the request to be honoured (all but CPU)."""
+        return [p for p in self.providers if p != CPU]
+
+
+def plan_providers(
+    device: str | torch.device | None,
+    providers: Sequence[ProviderSpec] | None,
+    provider_options: Mapping[str, Mapping[str, Any]] | None,
+) -> ProviderPlan:
+    """Decide providers and device from the caller's arguments.
+
+    ``device`` alone picks CUDA (then CPU for the nodes CUDA lacks) or CPU. Explicit
+    ``providers`` are taken as given; without ``device`` they decide it (a CUDA or TensorRT
+    provider means ``cuda:<device_id>``). ``provider_options`` maps provider name to options and
+    overrides options given inline.
+    """
+    names: list[str] = []
+    options: dict[str, dict[str, str]] = {}
+    if providers is not None:
+        if isinstance(providers, str):
+            raise DeviceError(
+                f"providers: expected a list of provider names, got the string {providers!r}; pass [{providers!r}]"
+            )
+        for entry in providers:
+            opts: Mapping[str, Any]
+            if isinstance(entry, str):
+                name, opts = entry, {}
+            elif isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[0], str):
+                name, opts = entry[0], entry[1]
+            else:
+                raise DeviceError(f"providers: expected names or (name, options) pairs, got {entry!r}")
+            names.append(name)
+            options[name] = {k: str(v) for k, v in opts.items()}
+    for name, opts in (provider_options or {}).items():
+        if providers is not None and name not in names:
+            raise DeviceError(f"provider_options[{name!r}]: {name} is not among providers {names}; add it there")
+        options.setdefault(name, {}).update({k: str(v) for k, v in opts.items()})
+
+    if device is not None:
+        dev = parse_device(device)
+    else:
+        gpu = next((n for n in names if n in GPU_PROVIDERS), None)
+        if gpu is None:
+            dev = torch.device("cpu")
+        else:
+            dev = torch.device("cuda", int(options.get(gpu, {}).get("device_id", "0")))
+
+    if providers is None:
+        names = [CUDA, CPU] if dev.type == "cuda" else [CPU]
+
+    user_stream: int | None = None
+    for name in names:
+        if name not in GPU_PROVIDERS:
+            continue
+        opts = options.setdefault(name, {})
+        if dev.type == "cuda":
+            given = opts.get("device_id")
+            if given is not None and int(given) != dev.index:
+                raise DeviceError(
+                    f"provider_options[{name!r}]['device_id'] is {given}, but device is {dev}; "
+                    f"make them agree or leave device_id out"
+                )
+            opts["device_id"] = str(dev.index)
+        if "user_compute_stream" in opts:
+            user_stream = int(opts["user_compute_stream"])
+    return ProviderPlan(dev, names, [options.get(n, {}) for n in names], user_stream)
+
+
+def _library_path(provider: str) -> Path | None:
+    stem = _LIBRARY_STEMS.get(provider)
+    if stem is None:
+        return None
+    filename = f"{stem}.dll" if sys.platform == "win32" else f"lib{stem}.so"
+    return Path(ort.__file__).parent / "capi" / filename
+
+
+def _cuda_version() -> str:
+    return str(getattr(_build_info, "cuda_version", "") or "")
+
+
+def diagnose(provider: str) -> str:
+    """Why ONNX Runtime did not activate ``provider``, as precisely as can be found out."""
+    if provider not in ort.get_available_providers():
+        return (
+            f"this onnxruntime build ({ort.__version__}) does not include it; "
+            f"install onnxruntime-gpu instead of onnxruntime"
+        )
+    library = _library_path(provider)
+    if library is not None and library.exists():
+        try:
+            ctypes.CDLL(str(library))
+        except OSError as exc:
+            cuda = _cuda_version()
+            needs = f"CUDA {cuda.split('.')[0]}.x and cuDNN 9" if cuda else "CUDA and cuDNN"
+            return (
+                f"its library failed to load ({exc}); install {needs}, e.g. a torch CUDA build "
+                f"imported before onnxruntime, or call onnxruntime.preload_dlls()"
+            )
+    return "ONNX Runtime could not create it; its log above says why"
