@@ -7,7 +7,7 @@
 
 # torch first: a CUDA build of torch loads the CUDA and cuDNN libraries that onnxruntime-gpu's
 # CUDA provider then finds already in the process.
-import torch  # noqa: F401  (import order matters, see above)
+import torch as _torch  # noqa: F401  (import order matters, see above)
 
 from ._dtypes import ELEMENT_TYPES, ElementType
 from ._metadata import ModelSpec, TensorSpec

@@ -151,7 +151,7 @@ class TorchSession:
             )
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
             where = repr(str(loaded.path)) if loaded.path else "from memory"
-            raise ModelError(f"model {where}: ONNX Runtime could not load it: {exc}") from exc
+            raise ModelError(f"model {where}: ONNX Runtime could not load it: {str(exc).strip()}") from exc
         del loaded
 
         active = self._session.get_providers()

@@ -1,0 +1,125 @@
+"""CUDA behaviour: device index, streams, ORT-allocated outputs, device errors.
+
+Marked ``cuda`` and skipped unless torch sees a GPU and onnxruntime's CUDA provider loads.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+import ortbind
+
+from .reference import parse, reference
+
+MODEL = parse("""<ir_version: 8, opset_import: ["" : 17]>
+g (float[N, M] x, float[N, M] y) => (float[N, M] s, int64[2, K] nz) {
+    s = Add(x, y)
+    zero = Constant<value = float {0.0}>()
+    mask = Greater(s, zero)
+    nz = NonZero(mask)
+}""")
+
+MATMUL = parse("""<ir_version: 8, opset_import: ["" : 17]>
+g (float[N, N] a) => (float[N, N] b) {
+    b = MatMul(a, a)
+}""")
+
+
+def _cuda_provider_loads() -> bool:
+    if not torch.cuda.is_available():
+        return False
+    try:
+        return (
+            "CUDAExecutionProvider" in ort.InferenceSession(MODEL, providers=["CUDAExecutionProvider"]).get_providers()
+        )
+    except Exception:
+        return False
+
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not _cuda_provider_loads(), reason="needs a CUDA GPU and onnxruntime's CUDA provider"),
+]
+
+
+def test_runs_on_cuda_and_matches_cpu_reference() -> None:
+    sess = ortbind.TorchSession(MODEL, "cuda:0")
+    assert sess.providers[0] == "CUDAExecutionProvider"
+    assert sess.device == torch.device("cuda", 0)
+    x = torch.randn(64, 32, device="cuda")
+    y = torch.randn(64, 32, device="cuda")
+    out = sess(x=x, y=y)
+    assert out["s"].device == torch.device("cuda", 0)
+    assert out["nz"].device == torch.device("cuda", 0)  # rule d, handed over via DLPack
+    expected = reference(MODEL, {"x": x.cpu(), "y": y.cpu()})
+    np.testing.assert_allclose(out["s"].cpu().numpy(), expected["s"], rtol=0, atol=0)
+    np.testing.assert_array_equal(out["nz"].cpu().numpy(), expected["nz"])
+
+
+def test_cpu_tensor_to_cuda_session_and_cuda_tensor_to_cpu_session() -> None:
+    gpu = ortbind.TorchSession(MODEL, "cuda")
+    with pytest.raises(
+        ortbind.DeviceError, match=r"^input 'x': expected a tensor on cuda:0 \(the session's device\), got cpu"
+    ):
+        gpu(x=torch.ones(2, 2), y=torch.ones(2, 2, device="cuda"))
+    cpu = ortbind.TorchSession(MODEL, "cpu")
+    with pytest.raises(
+        ortbind.DeviceError, match=r"^input 'x': expected a tensor on cpu \(the session's device\), got cuda:0"
+    ):
+        cpu(x=torch.ones(2, 2, device="cuda"), y=torch.ones(2, 2))
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_device_index_must_match() -> None:
+    sess = ortbind.TorchSession(MODEL, "cuda:1")
+    x = torch.ones(2, 2, device="cuda:1")
+    assert sess(x=x, y=x)["s"].device == torch.device("cuda", 1)
+    with pytest.raises(ortbind.DeviceError, match=r"got cuda:0"):
+        sess(x=torch.ones(2, 2, device="cuda:0"), y=x)
+
+
+def test_inputs_written_on_a_side_stream_are_read_after_they_are_ready() -> None:
+    """No whole-device sync: ORT's stream waits for the caller's current stream by an event."""
+    sess = ortbind.TorchSession(MATMUL, "cuda")
+    side = torch.cuda.Stream()
+    n = 2048
+    with torch.cuda.stream(side):
+        base = torch.randn(n, n, device="cuda")
+        torch.cuda._sleep(50_000_000)  # keep the stream busy so a race would show
+        a = base * 0.01
+        out = sess(a=a)["b"]
+        result = out.clone()  # ordered after ORT's write on this stream
+    side.synchronize()
+    torch.testing.assert_close(result, a @ a, rtol=1e-3, atol=1e-3)
+
+
+def test_outputs_are_ready_for_the_current_stream() -> None:
+    sess = ortbind.TorchSession(MATMUL, "cuda")
+    a = torch.randn(1024, 1024, device="cuda") * 0.01
+    results = [sess(a=a)["b"] for _ in range(5)]
+    total = torch.stack(results).sum(0)  # runs on the current stream right after the calls
+    torch.testing.assert_close(total, 5 * (a @ a), rtol=1e-3, atol=1e-3)
+
+
+def test_bfloat16_and_float16_bind_on_cuda() -> None:
+    for onnx_type, dtype in (("bfloat16", torch.bfloat16), ("float16", torch.float16)):
+        model = parse(
+            '<ir_version: 8, opset_import: ["" : 17]>\n'
+            f"g ({onnx_type}[N] x) => ({onnx_type}[N] y) {{ y = Identity(x) }}"
+        )
+        sess = ortbind.TorchSession(model, "cuda")
+        x = torch.randn(1000, device="cuda").to(dtype)
+        assert torch.equal(sess(x=x)["y"].view(torch.int16), x.view(torch.int16))
+
+
+def test_user_stream_from_provider_options_is_used() -> None:
+    stream = torch.cuda.Stream()
+    sess = ortbind.TorchSession(
+        MATMUL, "cuda", provider_options={"CUDAExecutionProvider": {"user_compute_stream": str(stream.cuda_stream)}}
+    )
+    assert sess._stream is not None and sess._stream.cuda_stream == stream.cuda_stream
+    a = torch.randn(256, 256, device="cuda")
+    torch.testing.assert_close(sess(a=a)["b"], a @ a, rtol=1e-3, atol=1e-3)
