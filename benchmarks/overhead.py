@@ -48,7 +48,8 @@ def _model(
         [oh.make_tensor_value_info(n, F, s) for n, s in outputs.items()],
         initializer=initializers or [],
     )
-    return oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)], ir_version=8).SerializeToString()
+    model: onnx.ModelProto = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)], ir_version=8)
+    return bytes(model.SerializeToString())
 
 
 def models() -> dict[str, tuple[bytes, dict[str, list[int]], dict[str, list[int]]]]:

@@ -13,6 +13,7 @@ from types import MappingProxyType
 from typing import Final
 
 import numpy as np
+import onnx
 import torch
 
 __all__ = ["ELEMENT_TYPES", "ElementType", "element_type_name", "from_onnx", "from_torch"]
@@ -71,6 +72,8 @@ _ONNX_NAMES: Final[Mapping[int, str]] = MappingProxyType(
         24: "FLOAT8E8M0",
         25: "UINT2",
         26: "INT2",
+        27: "FLOAT6E2M3",
+        28: "FLOAT6E3M2",
     }
 )
 
@@ -125,7 +128,13 @@ _BY_TORCH: Final[Mapping[torch.dtype, ElementType]] = MappingProxyType(
 
 def element_type_name(onnx_int: int) -> str:
     """The ONNX name of an element type int (``"FLOAT16"``), or ``"<n>"`` for an unknown int."""
-    return _ONNX_NAMES.get(onnx_int, f"<{onnx_int}>")
+    name = _ONNX_NAMES.get(onnx_int)
+    if name is None:
+        try:  # a type newer than this table: ask the installed onnx
+            name = onnx.TensorProto.DataType.Name(onnx_int)
+        except ValueError:
+            name = f"<{onnx_int}>"
+    return name
 
 
 def from_onnx(onnx_int: int) -> ElementType | None:

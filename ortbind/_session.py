@@ -7,6 +7,7 @@ be), providers (where it runs) and binding (pointers, checks, DLPack, streams).
 from __future__ import annotations
 
 import logging
+import operator
 import threading
 import warnings
 from collections.abc import Mapping, Sequence
@@ -491,13 +492,12 @@ class TorchSession:
             if dims is None:
                 result.append(entry)
                 continue
-            if isinstance(dims, (str, bytes)) or not all(
-                isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in dims
-            ):
+            shape = _as_shape(dims)
+            if shape is None:
                 raise ShapeError(
                     f"output_shapes[{entry.name!r}]: expected a sequence of non-negative ints, got {dims!r}"
                 )
-            result.append(OutputPlan(entry.name, Rule.OVERRIDE, tuple(dims)))
+            result.append(OutputPlan(entry.name, Rule.OVERRIDE, shape))
         return result
 
     def _check_out(
@@ -654,6 +654,24 @@ class _SignaturePlan:
     outputs: tuple[OutputPlan, ...]
     fast: tuple[tuple[str, int, tuple[int, ...], torch.dtype], ...] | None
     guessed: bool
+
+
+def _as_shape(dims: object) -> tuple[int, ...] | None:
+    """``dims`` as a tuple of non-negative ints (numpy and torch ints accepted), or ``None``."""
+    if isinstance(dims, (str, bytes)) or not isinstance(dims, Sequence | torch.Size):
+        return None
+    shape = []
+    for dim in dims:
+        if isinstance(dim, bool):
+            return None
+        try:
+            size = operator.index(dim)
+        except TypeError:
+            return None
+        if size < 0:
+            return None
+        shape.append(size)
+    return tuple(shape)
 
 
 class _ShapeMismatchError(Exception):

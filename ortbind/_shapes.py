@@ -70,6 +70,10 @@ _RULE_WORDS: Final = {
 _TOKEN: Final = re.compile(r"\s*(?:(\d+)|([A-Za-z_][A-Za-z0-9_]*)|(//|\*\*|[-+*/%(),]))")
 
 
+_MAX_BITS: Final = 256
+"""No real dim needs more bits; larger intermediate values make an expression unresolvable."""
+
+
 class _UnresolvedError(Exception):
     """An expression cannot be evaluated: a symbol is unbound, or a division is not exact."""
 
@@ -114,8 +118,11 @@ def _mod(a: Fraction, b: Fraction) -> Fraction:
 
 
 def _pow(a: Fraction, b: Fraction) -> Fraction:
-    if b.denominator != 1 or b < 0 or b > 64:
+    if b.denominator != 1 or b < 0:
         raise _UnresolvedError("unsupported power")
+    # Bound the result's size so a hostile dim string cannot stall the process.
+    if max(a.numerator.bit_length(), a.denominator.bit_length()) * int(b) > _MAX_BITS:
+        raise _UnresolvedError("power too large")
     return a ** int(b)
 
 
@@ -323,7 +330,7 @@ class DimExpr:
             return None
         try:
             value = _evaluate(self._tree, env)
-        except (_UnresolvedError, ArithmeticError):
+        except (_UnresolvedError, ArithmeticError, RecursionError):
             return None
         if value.denominator != 1 or value < 0:
             return None
@@ -340,7 +347,7 @@ def parse_dim(text: str) -> DimExpr:
     """
     try:
         tree = _Parser(text).parse()
-    except (_SyntaxError, RecursionError):
+    except (_SyntaxError, RecursionError, ValueError):  # ValueError: int() of a huge literal
         return DimExpr(text, frozenset((text,)), None)
     return DimExpr(text, _symbols(tree), tree)
 

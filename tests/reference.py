@@ -5,17 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
-import onnx
-import onnx.parser
 import onnxruntime as ort
 import torch
-
-
-def parse(text: str) -> bytes:
-    """An ONNX model from its text form (``onnx.parser``), checked and serialized."""
-    model = onnx.parser.parse_model(text)
-    onnx.checker.check_model(model)
-    return model.SerializeToString()
 
 
 def reference(

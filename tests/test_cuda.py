@@ -12,7 +12,8 @@ import torch
 
 import ortbind
 
-from .reference import parse, reference
+from .models import parse
+from .reference import reference
 
 MODEL = parse("""<ir_version: 8, opset_import: ["" : 17]>
 g (float[N, M] x, float[N, M] y) => (float[N, M] s, int64[2, K] nz) {

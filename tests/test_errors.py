@@ -12,7 +12,7 @@ import torch
 
 import ortbind
 
-from .reference import parse
+from .models import parse
 
 OPSET = '<ir_version: 8, opset_import: ["" : 17]>'
 

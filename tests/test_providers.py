@@ -12,7 +12,7 @@ import ortbind
 from ortbind import _providers
 from ortbind._providers import plan_providers
 
-from .reference import parse
+from .models import parse
 
 MODEL = parse("""<ir_version: 8, opset_import: ["" : 17]>
 g (float[N] x) => (float[N] y) {

@@ -12,7 +12,8 @@ import torch
 import ortbind
 from ortbind import Rule
 
-from .reference import assert_equal_reference, parse, reference
+from .models import parse
+from .reference import assert_equal_reference, reference
 
 OPSET = '<ir_version: 8, opset_import: ["" : 17]>'
 

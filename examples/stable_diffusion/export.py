@@ -25,21 +25,30 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.metadata
 import json
 import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+import onnx
+import onnx_ir
 import torch
+from tqdm import tqdm
 
 if TYPE_CHECKING:
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+# diffusers and transformers are imported inside the functions that use them: together they take
+# seconds to import and StableDiffusionPipeline prints torchvision notices, which a caller that only
+# wants a cached model's path should not pay for. The diffusers classes come from their defining
+# modules because its top-level names resolve, for mypy, to placeholder classes without methods;
+# from there they are untyped (Any), hence the Any annotations on diffusers models below.
 
 __all__ = [
     "build_tiny_pipeline",
@@ -93,7 +102,7 @@ class _TextEncoder(torch.nn.Module):
 
 
 class _UNet(torch.nn.Module):
-    def __init__(self, unet: UNet2DConditionModel) -> None:
+    def __init__(self, unet: Any) -> None:
         super().__init__()
         self.unet = unet
 
@@ -105,7 +114,7 @@ class _UNet(torch.nn.Module):
 
 
 class _VaeEncoder(torch.nn.Module):
-    def __init__(self, vae: AutoencoderKL) -> None:
+    def __init__(self, vae: Any) -> None:
         super().__init__()
         self.vae = vae
 
@@ -118,7 +127,7 @@ class _VaeEncoder(torch.nn.Module):
 
 
 class _VaeDecoder(torch.nn.Module):
-    def __init__(self, vae: AutoencoderKL) -> None:
+    def __init__(self, vae: Any) -> None:
         super().__init__()
         self.vae = vae
 
@@ -136,8 +145,8 @@ class _Component:
     example_inputs: tuple[torch.Tensor, ...]
     input_names: tuple[str, ...]
     output_names: tuple[str, ...]
-    # Channel axes stay static on purpose: a dynamic channel count makes the exporter fail on the
-    # convolutions, and no pipeline ever changes it.
+    # Channel axes stay static: the convolution weights fix them, and torch.export rejects a
+    # dynamic channel dim as a conflict between the requested and the inferred range.
     dynamic_shapes: dict[str, dict[int, str]]
     config_file: Path
 
@@ -198,10 +207,9 @@ def export_onnx(
             expected component classes.
         FileExistsError: ``output_dir`` exists and is not empty.
     """
-    import onnx
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from tqdm import tqdm
-    from transformers import CLIPTextModel, CLIPTokenizer
+    from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL  # noqa: PLC0415
+    from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel  # noqa: PLC0415
+    from transformers import CLIPTextModel, CLIPTokenizer  # noqa: PLC0415
 
     source = Path(pipeline_dir)
     target = Path(output_dir)
@@ -212,11 +220,10 @@ def export_onnx(
     tokenizer = CLIPTokenizer.from_pretrained(source / "tokenizer")
     # Loading in the target dtype (rather than .to() afterwards) lets diffusers keep the modules
     # that it must keep in float32; low_cpu_mem_usage=False only silences an accelerate notice.
-    text_encoder = CLIPTextModel.from_pretrained(source / "text_encoder", dtype=dtype).eval()
-    unet = UNet2DConditionModel.from_pretrained(
-        source / "unet", torch_dtype=dtype, low_cpu_mem_usage=False
-    ).eval()
-    vae = AutoencoderKL.from_pretrained(source / "vae", torch_dtype=dtype, low_cpu_mem_usage=False).eval()
+    # The export wrappers put everything in eval mode.
+    text_encoder = CLIPTextModel.from_pretrained(source / "text_encoder", dtype=dtype)
+    unet = UNet2DConditionModel.from_pretrained(source / "unet", torch_dtype=dtype, low_cpu_mem_usage=False)
+    vae = AutoencoderKL.from_pretrained(source / "vae", torch_dtype=dtype, low_cpu_mem_usage=False)
     components = _components(source, tokenizer, text_encoder, unet, vae, dtype)
 
     with _publish_atomically(target) as staging:
@@ -260,43 +267,39 @@ def _read_source_index(pipeline_dir: Path) -> dict[str, Any]:
         if entry is None:
             raise ValueError(f"{index_path}: no {component!r} component; expected {expected}")
         if not (isinstance(entry, list) and len(entry) == 2 and all(isinstance(x, str) for x in entry)):
-            raise ValueError(
-                f"{index_path}: component {component!r} should be a [library, class] pair, got {entry!r}"
-            )
+            raise ValueError(f"{index_path}: component {component!r} should be a [library, class] pair, got {entry!r}")
         accepted = _SOURCE_CLASSES.get(component)
         if accepted is not None and entry[1] not in accepted:
             raise ValueError(
-                f"{index_path}: component {component!r} has class {entry[1]}, "
-                f"expected {' or '.join(accepted)}"
+                f"{index_path}: component {component!r} has class {entry[1]}, expected {' or '.join(accepted)}"
             )
         if not (pipeline_dir / component).is_dir():
             raise FileNotFoundError(
-                f"{pipeline_dir / component} not found; model_index.json lists {component!r} "
-                f"as {entry[1]}"
+                f"{pipeline_dir / component} not found; model_index.json lists {component!r} as {entry[1]}"
             )
     return index
 
 
 def _require_missing_or_empty(path: Path) -> None:
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        raise FileExistsError(
-            f"output folder {path} already exists and is not empty; remove it or pick a new path"
-        )
+        raise FileExistsError(f"output folder {path} already exists and is not empty; remove it or pick a new path")
 
 
 def _components(
     source: Path,
-    tokenizer: Any,
+    tokenizer: CLIPTokenizer,
     text_encoder: CLIPTextModel,
-    unet: UNet2DConditionModel,
-    vae: AutoencoderKL,
+    unet: Any,
+    vae: Any,
     dtype: torch.dtype,
 ) -> list[_Component]:
     """Describe the four models with example inputs shaped like a real pipeline call.
 
     Example dims are chosen pairwise distinct (batch 2, width = height + one downsampling step)
-    so that the tracer cannot mistake two independent dims for one.
+    so that the tracer cannot mistake two independent dims for one. The values come from a
+    private generator, so exporting leaves the caller's torch RNG alone.
     """
+    generator = torch.Generator().manual_seed(0)
     sequence_length: int = tokenizer.model_max_length
     input_ids = tokenizer(
         ["a photo of a cat", "a drawing of a dog"],
@@ -313,13 +316,22 @@ def _components(
     batch = input_ids.shape[0]
     latent_channels = int(vae.config.latent_channels)
 
-    latents = torch.randn(batch, int(unet.config.in_channels), latent_height, latent_width, dtype=dtype)
-    timestep = torch.full((batch,), 981.0, dtype=dtype)
-    hidden_states = torch.randn(batch, sequence_length, int(unet.config.cross_attention_dim), dtype=dtype)
-    image = torch.randn(
-        batch, int(vae.config.in_channels), latent_height * vae_factor, latent_width * vae_factor, dtype=dtype
+    latents = torch.randn(
+        batch, int(unet.config.in_channels), latent_height, latent_width, generator=generator, dtype=dtype
     )
-    vae_latents = torch.randn(batch, latent_channels, latent_height, latent_width, dtype=dtype)
+    timestep = torch.full((batch,), 981.0, dtype=dtype)
+    hidden_states = torch.randn(
+        batch, sequence_length, int(unet.config.cross_attention_dim), generator=generator, dtype=dtype
+    )
+    image = torch.randn(
+        batch,
+        int(vae.config.in_channels),
+        latent_height * vae_factor,
+        latent_width * vae_factor,
+        generator=generator,
+        dtype=dtype,
+    )
+    vae_latents = torch.randn(batch, latent_channels, latent_height, latent_width, generator=generator, dtype=dtype)
 
     image_dims = {0: "batch", 2: "height", 3: "width"}
     return [
@@ -369,8 +381,6 @@ def _components(
 
 def _export_component(component: _Component, model_path: Path, opset: int) -> None:
     """Trace one model with the dynamo exporter and save it, with external data if it is large."""
-    import onnx_ir
-
     model_path.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
         program = torch.onnx.export(
@@ -386,10 +396,13 @@ def _export_component(component: _Component, model_path: Path, opset: int) -> No
     if program is None:
         raise RuntimeError(f"torch.onnx.export returned no program for {component.name}")
     model = program.model
+    for node in model.graph.all_nodes():
+        # Per-node debug metadata holds stack traces with absolute source paths and this wrapper's
+        # module name (``__main__`` under ``python -m``): without it, the same weights give the same
+        # bytes wherever and however the export runs, and no local paths ship inside the model.
+        node.metadata_props.clear()
     weight_bytes = sum(
-        value.const_value.nbytes
-        for value in model.graph.initializers.values()
-        if value.const_value is not None
+        value.const_value.nbytes for value in model.graph.initializers.values() if value.const_value is not None
     )
     if weight_bytes > _EXTERNAL_DATA_THRESHOLD_BYTES:
         # One data file next to model.onnx, relative to it, so the folder can be moved as a whole.
@@ -400,8 +413,6 @@ def _export_component(component: _Component, model_path: Path, opset: int) -> No
 
 def _check_io_names(component: _Component, model_path: Path) -> None:
     """Fail loudly if the exporter renamed an input or output diffusers will ask for by name."""
-    import onnx
-
     graph = onnx.load(str(model_path), load_external_data=False).graph
     inputs = tuple(value.name for value in graph.input)
     outputs = tuple(value.name for value in graph.output)
@@ -413,12 +424,10 @@ def _check_io_names(component: _Component, model_path: Path) -> None:
 
 
 def _write_onnx_index(path: Path, source_index: dict[str, Any]) -> None:
-    import diffusers
-
     onnx_model = ["diffusers", "OnnxRuntimeModel"]
     index = {
         "_class_name": "OnnxStableDiffusionPipeline",
-        "_diffusers_version": diffusers.__version__,
+        "_diffusers_version": importlib.metadata.version("diffusers"),
         "feature_extractor": [None, None],
         "requires_safety_checker": False,
         "safety_checker": [None, None],
@@ -436,7 +445,7 @@ def _write_onnx_index(path: Path, source_index: dict[str, Any]) -> None:
 def _publish_atomically(target: Path) -> Iterator[Path]:
     """Yield an empty sibling folder of ``target`` that replaces ``target`` only on success.
 
-    ``os.replace`` is atomic on one filesystem, so readers see either no folder or a whole one.
+    A rename is atomic within one filesystem, so readers see either no folder or a whole one.
 
     Raises:
         FileExistsError: ``target`` was filled by someone else in the meantime.
@@ -449,7 +458,7 @@ def _publish_atomically(target: Path) -> Iterator[Path]:
         # mkdtemp makes the folder private (0700); the result is an ordinary shared folder.
         staging.chmod(0o755)
         try:
-            os.replace(staging, target)
+            staging.replace(target)
         except OSError as error:
             if target.is_dir() and any(target.iterdir()):
                 raise FileExistsError(f"{target} was written by another process meanwhile") from error
@@ -485,8 +494,13 @@ def build_tiny_pipeline(output_dir: str | Path, *, seed: int = 0) -> Path:
     Raises:
         FileExistsError: ``output_dir`` exists and is not empty.
     """
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL  # noqa: PLC0415
+    from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel  # noqa: PLC0415
+    from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import (  # noqa: PLC0415
+        StableDiffusionPipeline,
+    )
+    from diffusers.schedulers.scheduling_pndm import PNDMScheduler  # noqa: PLC0415
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer  # noqa: PLC0415
 
     target = Path(output_dir)
     with _publish_atomically(target) as staging:
@@ -549,8 +563,9 @@ def build_tiny_pipeline(output_dir: str | Path, *, seed: int = 0) -> Path:
             tokenizer=tokenizer,
             unet=unet,
             scheduler=scheduler,
-            safety_checker=None,
-            feature_extractor=None,
+            # diffusers documents None for these optional components but annotates them as required.
+            safety_checker=None,  # type: ignore[arg-type]
+            feature_extractor=None,  # type: ignore[arg-type]
             requires_safety_checker=False,
         )
         pipeline.save_pretrained(staging)
@@ -629,8 +644,7 @@ def ensure_tiny_model(cache_dir: str | Path | None = None, *, progress: bool = F
         return onnx_dir
 
     print(
-        f"Building the tiny random-weight Stable Diffusion model in {cache} "
-        "(it makes noise, not art)",
+        f"Building the tiny random-weight Stable Diffusion model in {cache} (it makes noise, not art)",
         file=sys.stderr,
     )
     if not _is_pipeline_dir(torch_dir):
@@ -662,7 +676,7 @@ def _is_pipeline_dir(path: Path) -> bool:
     return (path / "model_index.json").is_file()
 
 
-def _build_unless_present(target: Path, build: Any) -> None:
+def _build_unless_present(target: Path, build: Callable[[], object]) -> None:
     if target.exists() and not _is_pipeline_dir(target):
         # Left by a version of this module that wrote in place, or by hand; never by an
         # interrupted build, which only leaves hidden .partial- siblings behind.
@@ -716,9 +730,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.src is None or args.dst is None:
             parser.error("expected SRC and DST, or --tiny DST")
-        output = export_onnx(
-            args.src, args.dst, fp16=args.fp16, opset=args.opset, progress=not args.no_progress
-        )
+        output = export_onnx(args.src, args.dst, fp16=args.fp16, opset=args.opset, progress=not args.no_progress)
     except (FileNotFoundError, FileExistsError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
