@@ -3,6 +3,8 @@
 For each tiny model, prints microseconds per call for:
 
 - ``numpy run``: ``InferenceSession.run`` with numpy arrays prepared beforehand (no torch at all);
+- ``numpy from torch``: the same from torch code: ``t.numpy()`` in, ``torch.from_numpy`` out (CPU
+  tensors share memory with numpy, so this is the cheapest a CPU torch user gets without binding);
 - ``floor``: a hand-written IOBinding bound once, then only ``run_with_iobinding`` in the loop
   (outputs are overwritten every call, so this is a lower bound, not a usable pattern);
 - ``fresh floor``: the pybind layer directly with a new binding, inputs re-bound and a fresh
@@ -100,6 +102,7 @@ def bench(
         binding.bind_output(n, "cpu", 0, F, list(t.shape), t.data_ptr())
 
     c_sess = plain._sess
+    run_options = ort.RunOptions()  # reused: passing None builds a fresh one on every call
     device = ort_c.OrtDevice(ort_c.OrtDevice.cpu(), ort_c.OrtDevice.default_memory(), 0)
     out_items = list(outputs.items())
     in_items = list(feeds_t.items())
@@ -113,7 +116,7 @@ def bench(
             y = torch.empty(s)
             b.bind_output(n, device, F, y.shape, y.data_ptr())
             result[n] = y
-        c_sess.run_with_iobinding(b, None)
+        c_sess.run_with_iobinding(b, run_options)
         return result
 
     sess = ortbind.TorchSession(model, "cpu", session_options=options)
@@ -121,8 +124,15 @@ def bench(
     got = sess(**feeds_t)[next(iter(outputs))]
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-6, atol=1e-6)
 
+    out_names = list(outputs)
+
+    def numpy_from_torch() -> dict[str, torch.Tensor]:
+        values = plain.run(out_names, {n: t.numpy() for n, t in feeds_t.items()})
+        return {n: torch.from_numpy(v) for n, v in zip(out_names, values, strict=True)}
+
     return {
         "numpy run": _time(lambda: plain.run(None, feeds_np), repeat, number),
+        "numpy from torch": _time(numpy_from_torch, repeat, number),
         "floor": _time(lambda: plain.run_with_iobinding(binding), repeat, number),
         "fresh floor": _time(fresh, repeat, number),
         "TorchSession": _time(lambda: sess(**feeds_t), repeat, number),
@@ -140,8 +150,8 @@ def main(argv: list[str] | None = None) -> int:
         f"one thread; µs per call, median of {args.repeat} rounds × {args.number} calls"
     )
     header = (
-        f"{'model':<16} {'numpy run':>10} {'floor':>8} {'fresh floor':>12} "
-        f"{'TorchSession':>13} {'TS/numpy':>9} {'TS/floor':>9}"
+        f"{'model':<16} {'numpy run':>10} {'numpy+torch':>12} {'floor':>8} {'fresh floor':>12} "
+        f"{'TorchSession':>13} {'TS/numpy':>9} {'TS/np+torch':>12} {'TS/floor':>9}"
     )
     print(header)
     print("-" * len(header))
@@ -149,9 +159,9 @@ def main(argv: list[str] | None = None) -> int:
         number = args.number if "Conv" not in name else max(args.number // 10, 50)
         r = bench(name, model, inputs, outputs, args.repeat, number)
         print(
-            f"{name:<16} {r['numpy run']:>10.2f} {r['floor']:>8.2f} {r['fresh floor']:>12.2f} "
-            f"{r['TorchSession']:>13.2f} {r['TorchSession'] / r['numpy run']:>9.2f} "
-            f"{r['TorchSession'] / r['floor']:>9.2f}"
+            f"{name:<16} {r['numpy run']:>10.2f} {r['numpy from torch']:>12.2f} {r['floor']:>8.2f} "
+            f"{r['fresh floor']:>12.2f} {r['TorchSession']:>13.2f} {r['TorchSession'] / r['numpy run']:>9.2f} "
+            f"{r['TorchSession'] / r['numpy from torch']:>12.2f} {r['TorchSession'] / r['floor']:>9.2f}"
         )
     return 0
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, cast
 
+import onnxruntime as ort
 import torch
 from diffusers import (
     DDIMScheduler,
@@ -35,7 +36,14 @@ from transformers import CLIPTokenizer
 
 import ortbind
 
-__all__ = ["SCHEDULERS", "OrtStableDiffusionPipeline", "PipelineOutput", "Scheduler", "load_scheduler"]
+__all__ = [
+    "SCHEDULERS",
+    "OrtStableDiffusionPipeline",
+    "PipelineOutput",
+    "Scheduler",
+    "cpu_session_options",
+    "load_scheduler",
+]
 
 
 class Scheduler(Protocol):
@@ -63,6 +71,19 @@ SCHEDULERS: dict[str, tuple[Any, dict[str, Any]]] = {
 
 # SD 1.x/2.x VAEs all use this; a VAE config.json next to the decoder overrides it.
 DEFAULT_VAE_SCALING_FACTOR = 0.18215
+
+
+def cpu_session_options() -> ort.SessionOptions:
+    """ORT options for CPU sessions that share the cores with torch.
+
+    ORT's worker threads spin for a while after each run; torch's own parallel ops (the image
+    post-processing, the scheduler on large latents) then wait for cores that ORT's idle
+    threads hold. Measured on a 2-core CPU, turning the spinning off made a 128x128 image
+    1.8x faster end to end and changed nothing at 64x64.
+    """
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
 
 
 def load_scheduler(name: str, config: dict[str, Any]) -> Scheduler:
@@ -168,6 +189,7 @@ class OrtStableDiffusionPipeline:
             scheduler: One of :data:`SCHEDULERS`.
             session_kwargs: Passed to every :class:`ortbind.TorchSession` (``providers=``,
                 ``provider_options=``, ``session_options=``, ``allow_cpu_fallback=``...).
+                On CPU, ``session_options`` defaults to :func:`cpu_session_options`.
         """
         root = Path(model_dir)
         index = root / "model_index.json"
@@ -180,6 +202,8 @@ class OrtStableDiffusionPipeline:
         missing = [part for part in required if not (root / part).exists()]
         if missing:
             raise FileNotFoundError(f"{root}: missing {', '.join(missing)}; not a complete diffusers ONNX folder")
+        if torch.device(device).type == "cpu" and "session_options" not in session_kwargs:
+            session_kwargs["session_options"] = cpu_session_options()
         sessions = {
             name: ortbind.TorchSession(root / name / "model.onnx", device, **session_kwargs)
             for name in ("text_encoder", "unet", "vae_decoder")
@@ -242,12 +266,9 @@ class OrtStableDiffusionPipeline:
         )
         do_guidance = guidance_scale > 1.0
 
-        # 2. Tokenize and encode the prompts (and the negative prompts when guiding).
-        embeds = self._encode(prompts, num_images_per_prompt, clock)
-        if do_guidance:
-            negatives = _negatives(negative_prompt, len(prompts))
-            embeds = torch.cat([self._encode(negatives, num_images_per_prompt, clock), embeds])
-        embeds = embeds.to(self._embeds_dtype)
+        # 2. Tokenize and encode the negative prompts (when guiding) and the prompts, in one run.
+        texts = (_negatives(negative_prompt, len(prompts)) if do_guidance else []) + prompts
+        embeds = self._encode(texts, num_images_per_prompt, clock).to(self._embeds_dtype)
 
         # 3. Prepare the initial latents, scaled for the scheduler.
         shape = (batch, self._latent_channels, height // 8, width // 8)
@@ -265,7 +286,7 @@ class OrtStableDiffusionPipeline:
         image = clock.timed(self.vae_decoder, latent_sample=sample)["sample"]
 
         # 6. To images: the one host transfer of the call.
-        image = (image.float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu()
+        image = (image.float() * 0.5 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu()
         images = _convert(image, output_type)
         return PipelineOutput(
             images,
@@ -289,20 +310,22 @@ class OrtStableDiffusionPipeline:
         if hasattr(scheduler, "set_begin_index"):
             # Else the first step looks its index up with .item(), a device-to-host sync.
             scheduler.set_begin_index(0)
-        timestep_batch = latents.shape[0] * (2 if do_guidance else 1)
+        # Every step's UNet timestep input, made in one go rather than once per step.
+        unet_timesteps = self._unet_timesteps(scheduler.timesteps, latents.shape[0] * (2 if do_guidance else 1))
         step_kwargs: dict[str, Any] = {"generator": generator} if _takes_generator(scheduler) else {}
-        for t in tqdm(scheduler.timesteps, disable=not progress, desc="denoising", unit="step"):
+        steps = tqdm(scheduler.timesteps, disable=not progress, desc="denoising", unit="step")
+        for t, unet_t in zip(steps, unet_timesteps, strict=True):
             model_input = torch.cat([latents] * 2) if do_guidance else latents
             model_input = scheduler.scale_model_input(model_input, t)
             noise = clock.timed(
                 self.unet,
                 sample=model_input.to(self._sample_dtype),
-                timestep=self._timestep(t, timestep_batch),
+                timestep=unet_t,
                 encoder_hidden_states=embeds,
             )["out_sample"].to(latents.dtype)
             if do_guidance:
                 uncond, text = noise.chunk(2)
-                noise = uncond + guidance_scale * (text - uncond)
+                noise = torch.add(uncond, text - uncond, alpha=guidance_scale)  # uncond + g * (text - uncond)
             latents = scheduler.step(noise, t, latents, **step_kwargs).prev_sample
         return latents
 
@@ -368,13 +391,15 @@ class OrtStableDiffusionPipeline:
             return generator
         return torch.Generator(self.device).manual_seed(generator.initial_seed())
 
-    def _timestep(self, t: torch.Tensor, batch: int) -> torch.Tensor:
+    def _unet_timesteps(self, timesteps: torch.Tensor, batch: int) -> torch.Tensor:
+        """The UNet's ``timestep`` input for every step: row i is step i's, in the spec's dtype."""
         spec = self._timestep_spec
         assert spec.dtype is not None
+        values = timesteps.to(device=self.device, dtype=spec.dtype)
         if spec.dims is not None and len(spec.dims) == 0:
-            return t.to(device=self.device, dtype=spec.dtype).reshape(())
+            return values
         # Rank 1: the full batch, as the declared batch symbol says (ORT would also broadcast (1,)).
-        return t.to(device=self.device, dtype=spec.dtype).reshape(1).repeat(batch)
+        return values.reshape(-1, 1).repeat(1, batch)
 
 
 # ---------------------------------------------------------------------- helpers
