@@ -41,7 +41,7 @@ def _diffusers_pipeline(model_dir: Path, device: str) -> Any:
         # The same ORT options as ours, so the comparison is of the pipelines, not of ORT settings.
         provider, options = "CPUExecutionProvider", {}
         extra["sess_options"] = cpu_session_options()
-    pipe = OnnxStableDiffusionPipeline.from_pretrained(model_dir, provider=provider, provider_options=options, **extra)
+    pipe = OnnxStableDiffusionPipeline.from_pretrained(model_dir, provider=provider, provider_options=options, **extra)  # type: ignore[no-untyped-call]
     pipe.set_progress_bar_config(disable=True)
     for name in ("text_encoder", "unet", "vae_decoder"):
         active = getattr(pipe, name).model.get_providers()

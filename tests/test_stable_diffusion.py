@@ -260,3 +260,38 @@ def test_cli_writes_png_on_the_embedded_default(cache_dir: Path, onnx_dir: Path,
             assert (image.size, image.mode) == ((128, 64), "RGB")
         assert f"wrote {path}" in proc.stdout
     assert "ms per step" in proc.stdout
+
+
+def test_models_with_external_weight_files(ours: OrtStableDiffusionPipeline, onnx_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    import onnx
+
+    copy = tmp_path / "external"
+    shutil.copytree(onnx_dir, copy)
+    for name in ("text_encoder", "unet", "vae_decoder"):
+        path = copy / name / "model.onnx"
+        inline = path.stat().st_size
+        model = onnx.load(str(path))
+        onnx.save_model(model, str(path), save_as_external_data=True, location="weights.pb", size_threshold=1024)
+        assert (copy / name / "weights.pb").stat().st_size > inline - path.stat().st_size > 0
+    external = OrtStableDiffusionPipeline.from_pretrained(copy, "cpu")
+    latents = initial_latents(1, seed=5)
+    ours.scheduler = PNDMScheduler.from_config(external.scheduler.config)
+    np.testing.assert_array_equal(run_ours(external, PROMPTS[:1], latents), run_ours(ours, PROMPTS[:1], latents))
+
+
+def test_fp16_export_runs_with_dtypes_from_the_specs(
+    ours: OrtStableDiffusionPipeline, torch_dir: Path, tmp_path: Path
+) -> None:
+    from examples.stable_diffusion.export import export_onnx
+
+    fp16_dir = export_onnx(torch_dir, tmp_path / "fp16", fp16=True, progress=False)
+    half = OrtStableDiffusionPipeline.from_pretrained(fp16_dir, "cpu")
+    assert half.unet.spec.input("sample").dtype == torch.float16
+    assert half.unet.spec.input("timestep").dtype == torch.float16
+    assert half.vae_decoder.spec.input("latent_sample").dtype == torch.float16
+    latents = initial_latents(1, seed=2)
+    ours.scheduler = PNDMScheduler.from_config(half.scheduler.config)
+    got = run_ours(half, PROMPTS[:1], latents)
+    np.testing.assert_allclose(got, run_ours(ours, PROMPTS[:1], latents), rtol=0, atol=1e-2)

@@ -27,10 +27,12 @@ import argparse
 import contextlib
 import importlib.metadata
 import json
+import logging
 import os
 import shutil
 import sys
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -647,13 +649,45 @@ def ensure_tiny_model(cache_dir: str | Path | None = None, *, progress: bool = F
         f"Building the tiny random-weight Stable Diffusion model in {cache} (it makes noise, not art)",
         file=sys.stderr,
     )
-    if not _is_pipeline_dir(torch_dir):
-        # The export would be of other weights than the ones the torch folder will hold.
-        shutil.rmtree(onnx_dir, ignore_errors=True)
-        _build_unless_present(torch_dir, lambda: build_tiny_pipeline(torch_dir, seed=0))
-    if not _is_pipeline_dir(onnx_dir):
-        _build_unless_present(onnx_dir, lambda: export_onnx(torch_dir, onnx_dir, progress=progress))
+    with _quiet_libraries():
+        if not _is_pipeline_dir(torch_dir):
+            # The export would be of other weights than the ones the torch folder will hold.
+            shutil.rmtree(onnx_dir, ignore_errors=True)
+            _build_unless_present(torch_dir, lambda: build_tiny_pipeline(torch_dir, seed=0))
+        if not _is_pipeline_dir(onnx_dir):
+            _build_unless_present(onnx_dir, lambda: export_onnx(torch_dir, onnx_dir, progress=progress))
     return onnx_dir
+
+
+@contextlib.contextmanager
+def _quiet_libraries() -> Iterator[None]:
+    """Silence the notices the libraries print while the tiny model is built.
+
+    The build is an internal step of the demo: the exporter's notes on skipped torchvision ops,
+    its deprecation warnings and the loaders' progress bars say nothing to someone who asked for
+    an image. Errors still propagate; only warnings and info output are held back.
+    """
+    import diffusers.utils.logging as diffusers_logging  # noqa: PLC0415  (lazy: see the module note)
+    import transformers.utils.logging as transformers_logging  # noqa: PLC0415
+
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "onnx_ir")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+        diffusers_logging.enable_progress_bar()
+        transformers_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
+        transformers_logging.set_verbosity(verbosity)
 
 
 def tiny_torch_pipeline_dir(cache_dir: str | Path | None = None) -> Path:
