@@ -122,6 +122,12 @@ class TorchSession:
                 )
 
         plan = plan_providers(device, providers, provider_options)
+        if plan.device.type == "cuda" and not any(p in GPU_PROVIDERS for p in plan.providers):
+            # Binding CUDA memory to a session without a CUDA provider can crash the process.
+            raise DeviceError(
+                f"device {plan.device}: needs a CUDA or TensorRT provider, but providers are {plan.providers}; "
+                f"add 'CUDAExecutionProvider' or use device='cpu'"
+            )
         self._stream: torch.cuda.Stream | None = None
         cuda_problem = ""
         if plan.device.type == "cuda":
@@ -579,18 +585,23 @@ class TorchSession:
         # here, so no input memory was released while ORT read it.
 
         if pending:
-            values = binding.get_outputs()
-            for position, index, buffer in pending:
+            values = binding.get_outputs()  # a view into the binding: convert before clearing it
+            produced = [
+                _binding.tensor_from_ortvalue(values[p], self._spec.outputs[i], self._device) for p, i, _ in pending
+            ]
+            del values
+            # The binding holds a reference to what ORT allocated; drop it so the memory lives
+            # exactly as long as the caller's tensors, not until this thread's next call.
+            binding.clear_binding_outputs()
+            self._local.outputs = None
+            for (_, index, buffer), tensor in zip(pending, produced):
                 spec = self._spec.outputs[index]
-                produced = _binding.tensor_from_ortvalue(values[position], spec, self._device)
-                if buffer is not None:
-                    if produced.shape != buffer.shape:
-                        raise ShapeError(
-                            f"output {spec.name!r}: the run produced shape {format_shape(produced.shape)}, "
-                            f"not the expected {format_shape(buffer.shape)}"
-                        )
-                    produced = buffer
-                results[spec.name] = produced
+                if buffer is not None and tensor.shape != buffer.shape:
+                    raise ShapeError(
+                        f"output {spec.name!r}: the run produced shape {format_shape(tensor.shape)}, "
+                        f"not the expected {format_shape(buffer.shape)}"
+                    )
+                results[spec.name] = tensor if buffer is None else buffer
         return results
 
     def _retry(

@@ -150,3 +150,14 @@ def test_cpu_session_reports_its_providers() -> None:
     assert repr(sess) == (
         "TorchSession('<in memory>', device='cpu', providers=['CPUExecutionProvider'], inputs=['x'], outputs=['y'])"
     )
+
+
+def test_cuda_device_without_a_gpu_provider_is_refused() -> None:
+    with pytest.raises(
+        ortbind.DeviceError,
+        match=re.escape(
+            "device cuda:0: needs a CUDA or TensorRT provider, but providers are ['CPUExecutionProvider']; "
+            "add 'CUDAExecutionProvider' or use device='cpu'"
+        ),
+    ):
+        ortbind.TorchSession(MODEL, "cuda", providers=[CPU])

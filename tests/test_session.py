@@ -315,3 +315,18 @@ def test_dynamo_export_expressions_resolve_without_inference(monkeypatch: pytest
         assert sess.resolve_shapes({"x": shape})["y"].rule is Rule.DECLARED
         np.testing.assert_array_equal(y.numpy(), reference(model.SerializeToString(), {"x": x})["y"])
         torch.testing.assert_close(y, net(x), rtol=1e-5, atol=1e-5)
+
+
+def test_ort_allocated_outputs_are_not_held_by_the_session() -> None:
+    """Once the caller drops an ORT-allocated output, nothing in the session keeps it alive."""
+    import gc
+    import weakref
+
+    sess = ortbind.TorchSession(DATA_DEPENDENT)
+    out = sess(x=torch.tensor([1.0, -2.0, 3.0]))
+    probe = weakref.ref(out["nz"])
+    kept = out["nz"].clone()
+    del out
+    gc.collect()
+    assert probe() is None
+    assert torch.equal(kept, torch.tensor([[0, 2]]))
