@@ -159,7 +159,6 @@ class TorchSession:
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
             where = repr(str(loaded.path)) if loaded.path else "from memory"
             raise ModelError(f"model {where}: ONNX Runtime could not load it: {str(exc).strip()}") from exc
-        del loaded
 
         active = self._session.get_providers()
         missing = [p for p in plan.requested if p not in active]
@@ -173,6 +172,12 @@ class TorchSession:
             )
             if not allow_cpu_fallback:
                 raise ProviderError(message + "; or pass allow_cpu_fallback=True to run on CPU")
+            if cuda_problem and any(p in GPU_PROVIDERS for p in active):
+                # ORT's GPU provider loaded, but torch cannot hold CUDA tensors to feed it.
+                self._session = ort.InferenceSession(
+                    loaded.ort_source, sess_options=session_options, providers=["CPUExecutionProvider"]
+                )
+                active = self._session.get_providers()
             if not any(p in GPU_PROVIDERS for p in active):
                 plan.device = torch.device("cpu")
                 self._stream = None
@@ -181,6 +186,7 @@ class TorchSession:
                 ProviderFallbackWarning,
                 stacklevel=2,
             )
+        del loaded
         self._device = plan.device
         self._c_session = self._session._sess
         self._ort_device = _binding.make_ort_device(self._device)
