@@ -63,15 +63,7 @@ def _inspect(args: argparse.Namespace) -> int:
                 raise OrtbindError(
                     f"--shape: input {s.name!r} has dims {format_dims(s.dims)}; give it too, e.g. --shape {s.name}=..."
                 )
-        program = ShapeProgram(
-            [s.name for s in spec.inputs],
-            [s.dims for s in spec.inputs],
-            [s.name for s in spec.outputs],
-            [s.dims for s in spec.outputs],
-            strict=args.strict,
-        )
-        for index, shape in enumerate(shapes):
-            program.check_input(index, shape)
+        program = ShapeProgram.for_specs(spec.inputs, spec.outputs, strict=args.strict)
         for plan in program.plan(shapes, infer=ShapeInferencer(loaded.proto)):
             shape_text = "decided by ORT at run time" if plan.shape is None else format_shape(plan.shape)
             resolved[plan.name] = (shape_text, plan.rule.label, plan.reason)

@@ -26,7 +26,10 @@ __all__ = [
     "check_input",
     "check_no_overlap",
     "check_out_buffer",
+    "check_tensor",
+    "dlpack_supported",
     "make_ort_device",
+    "new_binding",
     "tensor_from_ortvalue",
 ]
 
@@ -223,11 +226,6 @@ class CudaStreamOrder:
         """Make the caller's stream wait for ORT's."""
         if current is not None:
             current.wait_stream(self.stream)
-
-
-def bind_input(binding: Any, name: str, ort_device: Any, elem_type: int, tensor: torch.Tensor) -> None:
-    """Bind a validated, contiguous tensor's memory as input ``name``."""
-    binding.bind_input(name, ort_device, elem_type, tensor.shape, tensor.data_ptr())
 
 
 def new_binding(session: Any) -> Any:

@@ -27,6 +27,7 @@ __all__ = [
     "diagnose",
     "parse_device",
     "plan_providers",
+    "uses_gpu",
 ]
 
 CPU: Final = "CPUExecutionProvider"
@@ -34,6 +35,12 @@ CUDA: Final = "CUDAExecutionProvider"
 TENSORRT: Final = "TensorrtExecutionProvider"
 GPU_PROVIDERS: Final = frozenset({CUDA, TENSORRT, "NvTensorRTRTXExecutionProvider"})
 """Providers that run on a CUDA device and therefore take ``device_id`` and a compute stream."""
+
+
+def uses_gpu(providers: Sequence[str]) -> bool:
+    """Whether any of ``providers`` runs on a CUDA device."""
+    return any(p in GPU_PROVIDERS for p in providers)
+
 
 ProviderSpec = str | tuple[str, Mapping[str, Any]]
 """A provider name, or ``(name, options)`` as ``onnxruntime.InferenceSession`` takes it."""

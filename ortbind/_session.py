@@ -21,7 +21,7 @@ import torch
 from . import _binding
 from ._inference import ShapeInferencer
 from ._metadata import ModelSource, ModelSpec, TensorSpec, load_model, read_spec
-from ._providers import GPU_PROVIDERS, ProviderSpec, diagnose, plan_providers
+from ._providers import GPU_PROVIDERS, ProviderSpec, diagnose, plan_providers, uses_gpu
 from ._shapes import OutputPlan, Rule, ShapeProgram, format_shape
 from .errors import (
     DeviceError,
@@ -122,7 +122,7 @@ class TorchSession:
                 )
 
         plan = plan_providers(device, providers, provider_options)
-        if plan.device.type == "cuda" and not any(p in GPU_PROVIDERS for p in plan.providers):
+        if plan.device.type == "cuda" and not uses_gpu(plan.providers):
             # Binding CUDA memory to a session without a CUDA provider can crash the process.
             raise DeviceError(
                 f"device {plan.device}: needs a CUDA or TensorRT provider, but providers are {plan.providers}; "
@@ -139,16 +139,15 @@ class TorchSession:
                     f"device {plan.device}: torch sees {torch.cuda.device_count()} CUDA device(s); "
                     f"pass an index below that"
                 )
-            elif any(p in GPU_PROVIDERS for p in plan.providers):
-                if plan.user_stream is not None:
-                    self._stream = torch.cuda.ExternalStream(plan.user_stream, device=plan.device)  # type: ignore[no-untyped-call]
-                else:
-                    # A dedicated stream: torch's legacy default stream has handle 0, which ORT
-                    # takes to mean "no stream" and replaces with one of its own.
-                    self._stream = torch.cuda.Stream(device=plan.device)  # type: ignore[no-untyped-call]
-                    for name, opts in zip(plan.providers, plan.options):
-                        if name in GPU_PROVIDERS:
-                            opts["user_compute_stream"] = str(self._stream.cuda_stream)
+            elif plan.user_stream is not None:
+                self._stream = torch.cuda.ExternalStream(plan.user_stream, device=plan.device)  # type: ignore[no-untyped-call]
+            else:
+                # A dedicated stream: torch's legacy default stream has handle 0, which ORT
+                # takes to mean "no stream" and replaces with one of its own.
+                self._stream = torch.cuda.Stream(device=plan.device)  # type: ignore[no-untyped-call]
+                for name, opts in zip(plan.providers, plan.options):
+                    if name in GPU_PROVIDERS:
+                        opts["user_compute_stream"] = str(self._stream.cuda_stream)
 
         try:
             self._session = ort.InferenceSession(
@@ -172,13 +171,13 @@ class TorchSession:
             )
             if not allow_cpu_fallback:
                 raise ProviderError(message + "; or pass allow_cpu_fallback=True to run on CPU")
-            if cuda_problem and any(p in GPU_PROVIDERS for p in active):
+            if cuda_problem and uses_gpu(active):
                 # ORT's GPU provider loaded, but torch cannot hold CUDA tensors to feed it.
                 self._session = ort.InferenceSession(
                     loaded.ort_source, sess_options=session_options, providers=["CPUExecutionProvider"]
                 )
                 active = self._session.get_providers()
-            if not any(p in GPU_PROVIDERS for p in active):
+            if not uses_gpu(active):
                 plan.device = torch.device("cpu")
                 self._stream = None
             warnings.warn(
@@ -201,14 +200,7 @@ class TorchSession:
             )
 
         specs = self._spec
-        self._program = ShapeProgram(
-            [s.name for s in specs.inputs],
-            [s.dims for s in specs.inputs],
-            [s.name for s in specs.outputs],
-            [s.dims for s in specs.outputs],
-            overrides=output_shapes,
-            strict=strict,
-        )
+        self._program = ShapeProgram.for_specs(specs.inputs, specs.outputs, output_shapes, strict)
         self._plans: dict[tuple[torch.Size, ...], _SignaturePlan] = {}
         self._local = threading.local()
         self._run_options = ort.RunOptions()
@@ -450,8 +442,6 @@ class TorchSession:
         return f"input {name!r}: the model has no such input; its inputs are {known}"
 
     def _plan(self, signature: tuple[torch.Size, ...]) -> _SignaturePlan:
-        for index, shape in enumerate(signature):
-            self._program.check_input(index, tuple(shape))
         outputs = self._program.plan([tuple(s) for s in signature], infer=self._inferencer)
         return self._remember(signature, outputs)
 
@@ -532,7 +522,7 @@ class TorchSession:
             index, entry = by_name[name]
             spec = self._spec.outputs[index]
             if spec.unsupported:
-                raise ModelError(f"output {name!r}: {spec.unsupported}")
+                raise ModelError(self._unsupported_output_message(spec))
             buffers[name] = _binding.check_out_buffer(name, spec, value, self._device, entry.shape)
         _binding.check_no_overlap(buffers.items(), ((s.name, t) for s, t in zip(self._spec.inputs, tensors)))
         return buffers
@@ -556,10 +546,10 @@ class TorchSession:
         for position, (index, entry) in enumerate(zip(indices, entries)):
             spec = self._spec.outputs[index]
             name = spec.name
+            if spec.unsupported:
+                raise ModelError(self._unsupported_output_message(spec))
             buffer = buffers.get(name) if buffers else None
             if buffer is None and entry.shape is not None:
-                if spec.unsupported:
-                    raise ModelError(self._unsupported_output_message(spec))
                 buffer = torch.empty(entry.shape, dtype=spec.dtype, device=self._device)
                 guessed = guessed or entry.rule is Rule.DECLARED or entry.rule is Rule.INFERRED
             if buffer is not None and buffer.numel():
@@ -568,8 +558,6 @@ class TorchSession:
                 continue
             # ORT allocates: the shape is unknown ahead, or the tensor is empty (torch gives empty
             # tensors a null pointer, which ORT refuses to bind).
-            if spec.unsupported:
-                raise ModelError(self._unsupported_output_message(spec))
             if buffer is None and not self._dlpack_ok[index]:
                 raise ShapeError(
                     f"output {name!r}: its shape cannot be resolved before the run "

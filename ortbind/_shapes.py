@@ -16,7 +16,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Final
+from typing import Final, Protocol
 
 from .errors import ShapeError
 
@@ -401,6 +401,16 @@ InferFn = Callable[[Mapping[str, Shape]], Mapping[str, tuple[int | None, ...] | 
 """Shape inference: concrete input shapes by name -> output dims by name (``None`` = unknown)."""
 
 
+class Declared(Protocol):
+    """What :meth:`ShapeProgram.for_specs` reads of an input or output spec."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def dims(self) -> tuple[Dim, ...] | None: ...
+
+
 def _compile(dims: Sequence[Dim] | None) -> tuple[int | DimExpr | None, ...] | None:
     if dims is None:
         return None
@@ -440,6 +450,24 @@ class ShapeProgram:
         self._overrides: dict[str, tuple[int | DimExpr | None, ...]] = {}
         for name, dims in (overrides or {}).items():
             self._overrides[name] = self._check_override(name, dims)
+
+    @classmethod
+    def for_specs(
+        cls,
+        inputs: Sequence[Declared],
+        outputs: Sequence[Declared],
+        overrides: Mapping[str, Sequence[int | str]] | None = None,
+        strict: bool = False,
+    ) -> ShapeProgram:
+        """The program for a model's declared inputs and outputs (``TensorSpec`` objects)."""
+        return cls(
+            [s.name for s in inputs],
+            [s.dims for s in inputs],
+            [s.name for s in outputs],
+            [s.dims for s in outputs],
+            overrides=overrides,
+            strict=strict,
+        )
 
     def _check_override(self, name: str, dims: Sequence[int | str]) -> tuple[int | DimExpr | None, ...]:
         if name not in self.output_names:
@@ -534,13 +562,17 @@ class ShapeProgram:
         """Resolve every output's shape for one input signature by rules a, b, c, then d.
 
         Args:
-            shapes: Actual input shapes in input order (already checked with :meth:`check_input`).
+            shapes: Actual input shapes in input order; each is checked with :meth:`check_input`.
             infer: Shape inference for rule c; called at most once, and only if some output
                 is left unresolved by rules a and b.
 
         Raises:
-            ShapeError: In strict mode, when inputs bind one symbol to different sizes.
+            ShapeError: A shape breaks its input's declared rank or fixed dims, or (in strict
+                mode) inputs bind one symbol to different sizes.
         """
+        for index, shape in enumerate(shapes):
+            if shape is not None:
+                self.check_input(index, tuple(shape))
         binding = self.bind_symbols(shapes)
         if self.strict and binding.conflicts:
             symbol, uses = next(iter(binding.conflicts.items()))

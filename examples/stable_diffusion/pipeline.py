@@ -15,7 +15,7 @@ import inspect
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, cast
 
@@ -118,7 +118,6 @@ class _RunClock:
     """Adds up time spent inside ORT runs, to tell pipeline overhead from model time."""
 
     seconds: float = 0.0
-    _sessions: list[ortbind.TorchSession] = field(default_factory=list)
 
     def timed(self, session: ortbind.TorchSession, **feeds: torch.Tensor) -> dict[str, torch.Tensor]:
         start = time.perf_counter()
