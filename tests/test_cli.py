@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import onnx
@@ -14,7 +11,7 @@ import pytest
 
 from ortbind.__main__ import main
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from .reference import run_python
 
 # y is declared, z has legacy exporter names only inference resolves, nz is data-dependent.
 MODEL = """
@@ -167,15 +164,6 @@ def test_file_that_is_not_a_model(tmp_path: Path, capsys: pytest.CaptureFixture[
 
 
 def test_python_dash_m(model_path: str) -> None:
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    done = subprocess.run(
-        [sys.executable, "-m", "ortbind", "inspect", model_path, "--shape", "x=2x3", "--shape", "w=2x3"],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = run_python("-m", "ortbind", "inspect", model_path, "--shape", "x=2x3", "--shape", "w=2x3", timeout=120)
     assert done.returncode == 0, done.stderr
     assert "  y     FLOAT          float32          ['batch', 3]  -> (2, 3)  (b) declared" in done.stdout.splitlines()

@@ -6,14 +6,13 @@ Marked ``cuda`` and skipped unless torch sees a GPU and onnxruntime's CUDA provi
 from __future__ import annotations
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import torch
 
 import ortbind
 
 from .models import parse
-from .reference import reference
+from .reference import cuda_provider_loads, reference
 
 MODEL = parse("""<ir_version: 8, opset_import: ["" : 17]>
 g (float[N, M] x, float[N, M] y) => (float[N, M] s, int64[2, K] nz) {
@@ -29,20 +28,9 @@ g (float[N, N] a) => (float[N, N] b) {
 }""")
 
 
-def _cuda_provider_loads() -> bool:
-    if not torch.cuda.is_available():
-        return False
-    try:
-        return (
-            "CUDAExecutionProvider" in ort.InferenceSession(MODEL, providers=["CUDAExecutionProvider"]).get_providers()
-        )
-    except Exception:
-        return False
-
-
 pytestmark = [
     pytest.mark.cuda,
-    pytest.mark.skipif(not _cuda_provider_loads(), reason="needs a CUDA GPU and onnxruntime's CUDA provider"),
+    pytest.mark.skipif(not cuda_provider_loads(), reason="needs a CUDA GPU and onnxruntime's CUDA provider"),
 ]
 
 

@@ -13,6 +13,7 @@ from ortbind import _providers
 from ortbind._providers import plan_providers
 
 from .models import parse
+from .reference import cuda_provider_loads
 
 MODEL = parse("""<ir_version: 8, opset_import: ["" : 17]>
 g (float[N] x) => (float[N] y) {
@@ -24,16 +25,7 @@ CPU = "CPUExecutionProvider"
 TRT = "TensorrtExecutionProvider"
 
 
-def cuda_works() -> bool:
-    if not torch.cuda.is_available():
-        return False
-    try:
-        return CUDA in ort.InferenceSession(MODEL, providers=[CUDA]).get_providers()
-    except Exception:
-        return False
-
-
-needs_no_cuda = pytest.mark.skipif(cuda_works(), reason="CUDA works here; these test the failure path")
+needs_no_cuda = pytest.mark.skipif(cuda_provider_loads(), reason="CUDA works here; these test the failure path")
 
 
 def test_device_alone_picks_providers() -> None:

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import builtins
-import subprocess
 import sys
 from collections.abc import Mapping
-from pathlib import Path
 
 import pytest
 
 from ortbind._shapes import OutputPlan, Rule, Shape, ShapeProgram, format_dims, parse_dim
 from ortbind.errors import ShapeError
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from .reference import run_python
 
 # --------------------------------------------------------------------------- parse_dim
 
@@ -198,9 +196,7 @@ def test_nested_power_is_bounded() -> None:
     # Unbounded, the result would have 64**6 = 2**36 bits and take minutes; it must give up fast.
     text = "((((((2)**64)**64)**64)**64)**64)**64"
     code = f"from ortbind._shapes import parse_dim; print(parse_dim({text!r}).evaluate({{}}))"
-    done = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=5, check=True
-    )
+    done = run_python("-c", code, timeout=5, check=True)
     assert done.stdout.strip() == "None"
 
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,9 +25,10 @@ from diffusers import (
 from examples.stable_diffusion.export import ensure_tiny_model, tiny_torch_pipeline_dir
 from examples.stable_diffusion.pipeline import SCHEDULERS, OrtStableDiffusionPipeline, load_scheduler
 
+from .reference import run_python
+
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ["a red cube on a table", "a lighthouse at dusk"]
 STEPS = 5
 # Ours vs diffusers' ONNX pipeline on the same ONNX files: same arithmetic, so near-exact.
@@ -224,32 +223,23 @@ def test_inputs_take_their_dtype_from_the_session_specs(ours: OrtStableDiffusion
 
 def test_cli_writes_png_on_the_embedded_default(cache_dir: Path, onnx_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "img.png"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "examples.stable_diffusion.txt2img",
-            "--prompt",
-            "a cat",
-            "--steps",
-            "3",
-            "--cache-dir",
-            str(cache_dir),
-            "--out",
-            str(out),
-            "--no-progress",
-            "--batch",
-            "2",
-            "--width",
-            "128",
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
+    proc = run_python(
+        "-m",
+        "examples.stable_diffusion.txt2img",
+        "--prompt",
+        "a cat",
+        "--steps",
+        "3",
+        "--cache-dir",
+        str(cache_dir),
+        "--out",
+        str(out),
+        "--no-progress",
+        "--batch",
+        "2",
+        "--width",
+        "128",
         timeout=300,
-        check=False,
     )
     assert proc.returncode == 0, proc.stderr
     from PIL import Image
