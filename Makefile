@@ -36,6 +36,7 @@ lint: $(VENV)/.test-deps
 bench: $(VENV)/.test-deps
 	$(PY) benchmarks/overhead.py
 	$(PY) benchmarks/sd_pipeline.py
+	$(PY) benchmarks/cpu_spinning.py
 
 clean:
 	rm -rf $(VENV) out build *.egg-info .pytest_cache .mypy_cache .ruff_cache
