@@ -14,6 +14,7 @@ from ._metadata import ModelSpec, TensorSpec
 from ._session import TorchSession
 from ._shapes import OutputPlan, Rule
 from .errors import (
+    ConfigError,
     CopyWarning,
     DeviceError,
     DTypeError,
@@ -21,6 +22,7 @@ from .errors import (
     ModelError,
     OrtbindError,
     OrtbindWarning,
+    OutputError,
     ProviderError,
     ProviderFallbackWarning,
     RunError,
@@ -31,6 +33,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ELEMENT_TYPES",
+    "ConfigError",
     "CopyWarning",
     "DTypeError",
     "DeviceError",
@@ -40,6 +43,7 @@ __all__ = [
     "ModelSpec",
     "OrtbindError",
     "OrtbindWarning",
+    "OutputError",
     "OutputPlan",
     "ProviderError",
     "ProviderFallbackWarning",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, Final
 
 import torch
 import torch.utils.dlpack
@@ -19,7 +19,7 @@ from onnxruntime.capi.onnxruntime_inference_collection import OrtDevice
 from ._dtypes import from_onnx
 from ._metadata import TensorSpec
 from ._shapes import format_shape
-from .errors import CopyWarning, DeviceError, DTypeError, InputError, RunError, ShapeError
+from .errors import CopyWarning, DeviceError, DTypeError, InputError, OutputError, RunError, ShapeError
 
 __all__ = [
     "CudaStreamOrder",
@@ -48,6 +48,34 @@ def _where(kind: str, name: str) -> str:
     return f"{kind} {name!r}"
 
 
+CUDA_ALIGNMENT: Final = 16
+"""Bytes a bound CUDA buffer's address must be a multiple of.
+
+Several CUDA kernels of ONNX Runtime load 16 bytes at a time (``int4``/``float4``/``half2`` casts in
+Transpose, GroupNorm, FastGelu, AddBiasTranspose) without checking the pointer, trusting ORT's own
+allocator (256-byte aligned). A torch view at an element offset is aligned only to its element
+size; a misaligned 16-byte access is a CUDA "misaligned address" fault that poisons the context.
+"""
+
+
+def _has_storage_problem(tensor: torch.Tensor) -> str | None:
+    """Why ``tensor`` has no real memory ORT could read or write, or ``None`` if it has."""
+    cls = type(tensor)
+    if cls is not torch.Tensor and cls.__torch_dispatch__ is not torch.Tensor.__torch_dispatch__:
+        # FakeTensor, FunctionalTensor, DTensor and other wrapper subclasses: their data_ptr is
+        # null or belongs to something else; ORT would dereference garbage.
+        return f"it is a {cls.__module__}.{cls.__qualname__}, a tensor subclass without plain memory of its own"
+    if tensor.is_meta:
+        return "it is a meta tensor (shape and dtype only, no memory)"
+    if torch._C._functorch.is_functorch_wrapped_tensor(tensor) or torch._is_functional_tensor(tensor):
+        return "it is a functionalized or functorch-wrapped tensor (torch.func / torch.compile tracing)"
+    if tensor._is_zerotensor():
+        return "it is an efficient zero tensor (no memory behind it)"
+    if tensor.numel() and not tensor.data_ptr():
+        return "its data pointer is null"
+    return None
+
+
 def check_tensor(
     kind: str,
     name: str,
@@ -55,7 +83,7 @@ def check_tensor(
     value: object,
     device: torch.device,
 ) -> torch.Tensor:
-    """Check everything but contiguity and shape: type, layout, dtype, device.
+    """Check everything but contiguity, lazy bits and alignment: type, storage, dtype, device.
 
     Args:
         kind: ``"input"`` or ``"out"``, for messages.
@@ -65,28 +93,77 @@ def check_tensor(
         device: The session's device.
     """
     where = _where(kind, name)
+    error = InputError if kind == "input" else OutputError
     if not isinstance(value, torch.Tensor):
         hint = " convert it with torch.from_numpy(...)" if type(value).__module__ == "numpy" else ""
-        raise InputError(
+        raise error(
             f"{where}: expected a torch.Tensor, got {type(value).__module__}.{type(value).__qualname__};"
-            f"{hint or ' wrap it with torch.as_tensor(...)'}"
+            f"{hint or ' wrap it with torch.as_tensor(...)'}",
+            kind=kind,
+            name=name,
         )
     if value.layout is not torch.strided:
-        raise InputError(
-            f"{where}: expected a dense (strided) tensor, got layout {value.layout}; convert it with .to_dense()"
+        raise error(
+            f"{where}: expected a dense (strided) tensor, got layout {value.layout}; convert it with .to_dense()",
+            kind=kind,
+            name=name,
+        )
+    problem = _has_storage_problem(value)
+    if problem is not None:
+        raise error(
+            f"{where}: {problem}; ONNX Runtime needs a tensor backed by real memory, "
+            f"e.g. torch.empty(...) or .clone() of a real tensor, outside fake/meta tracing",
+            kind=kind,
+            name=name,
         )
     if value.dtype is not spec.dtype:
         raise DTypeError(
             f"{where}: expected dtype {spec.dtype} (ONNX {spec.elem_type_name}), got {value.dtype}; "
-            f"cast with .to({spec.dtype})"
+            f"cast with .to({spec.dtype})",
+            kind=kind,
+            name=name,
         )
     if value.device != device:
         raise DeviceError(
             f"{where}: expected a tensor on {_device_str(device)} (the session's device), "
-            f"got {_device_str(value.device)}; move it with .to({_device_str(device)!r}) "
-            f"or create the session with device={_device_str(value.device)!r}"
+            f"got {_device_str(value.device)}; move it with .to({_device_str(device)!r})",
+            kind=kind,
+            name=name,
         )
     return value
+
+
+def layout_problem(tensor: torch.Tensor, device: torch.device) -> tuple[str, str] | None:
+    """Why ORT would read ``tensor``'s memory wrongly, and the fix; ``None`` if it reads it right.
+
+    Covers what the dtype/device checks do not: a strided layout (ORT reads one dense block), a
+    lazy negation or conjugation bit (ORT reads the memory without applying it), and an address
+    not aligned for the kernels that may read it.
+    """
+    if not tensor.is_contiguous():
+        return (
+            f"tensor is not contiguous (shape {format_shape(tensor.shape)}, strides {tuple(tensor.stride())})",
+            ".contiguous()",
+        )
+    if tensor.is_neg():
+        return "tensor has torch's lazy negation bit set (ORT would read the un-negated memory)", ".resolve_neg()"
+    if tensor.is_conj():
+        return "tensor has torch's lazy conjugation bit set (ORT would read the unconjugated memory)", ".resolve_conj()"
+    if tensor.numel():
+        address = tensor.data_ptr()
+        if address % tensor.element_size():
+            return (
+                f"its address is {address % tensor.element_size()} bytes off a multiple of its "
+                f"{tensor.element_size()}-byte element size",
+                ".clone()",
+            )
+        if device.type == "cuda" and address % CUDA_ALIGNMENT:
+            return (
+                f"its address is {address % CUDA_ALIGNMENT} bytes past a {CUDA_ALIGNMENT}-byte boundary "
+                f"(a view at an element offset); CUDA kernels may load {CUDA_ALIGNMENT} bytes at a time",
+                ".clone()",
+            )
+    return None
 
 
 def check_input(
@@ -99,25 +176,27 @@ def check_input(
     """The slow path for an input that failed the fast checks: raise, or copy if allowed.
 
     Returns:
-        The tensor to bind: ``value`` itself, or a contiguous copy when ``allow_copy`` is set
-        (with a :class:`CopyWarning`). The caller must keep it alive until the run returns.
+        The tensor to bind: ``value`` itself, or a fresh contiguous, resolved, aligned copy when
+        ``allow_copy`` is set (with a :class:`CopyWarning`). The caller must keep it alive until
+        the run returns.
     """
     tensor = check_tensor("input", name, spec, value, device)
-    if not tensor.is_contiguous():
-        if not allow_copy:
-            raise InputError(
-                f"input {name!r}: tensor is not contiguous (shape {format_shape(tensor.shape)}, "
-                f"strides {tuple(tensor.stride())}); pass .contiguous(), or create the session with "
-                f"allow_copy=True to have ortbind copy it (with a CopyWarning)"
-            )
-        warnings.warn(
-            f"input {name!r}: copied a non-contiguous tensor (shape {format_shape(tensor.shape)}, "
-            f"strides {tuple(tensor.stride())}) because allow_copy=True",
-            CopyWarning,
-            stacklevel=4,
+    problem = layout_problem(tensor, device)
+    if problem is None:
+        return tensor
+    why, fix = problem
+    if not allow_copy:
+        raise InputError(
+            f"input {name!r}: {why}; pass {fix}, or create the session with allow_copy=True to have "
+            f"ortbind copy it (with a CopyWarning)",
+            kind="input",
+            name=name,
         )
-        tensor = tensor.contiguous()
-    return tensor
+    warnings.warn(f"input {name!r}: copied because {why} (allow_copy=True)", CopyWarning, stacklevel=4)
+    # clone() gives fresh, dense, resolved memory from torch's allocator (aligned to >= 64 bytes).
+    copy = tensor.resolve_conj().resolve_neg().clone(memory_format=torch.contiguous_format)
+    assert layout_problem(copy, device) is None
+    return copy
 
 
 def check_out_buffer(
@@ -129,15 +208,27 @@ def check_out_buffer(
 ) -> torch.Tensor:
     """Validate a caller's ``out=`` buffer; it is written in place, so it is never copied."""
     tensor = check_tensor("out", name, spec, value, device)
-    if not tensor.is_contiguous():
-        raise InputError(
-            f"out {name!r}: buffer is not contiguous (shape {format_shape(tensor.shape)}, "
-            f"strides {tuple(tensor.stride())}); ORT writes it as one block, pass a contiguous tensor"
+    if tensor.requires_grad:
+        raise OutputError(
+            f"out {name!r}: buffer requires grad; ONNX Runtime writes it outside autograd, as torch's own "
+            f"out= ops refuse to; pass a tensor that does not require grad (e.g. torch.empty_like(t))",
+            kind="out",
+            name=name,
+        )
+    problem = layout_problem(tensor, device)
+    if problem is not None:
+        why, _ = problem
+        raise OutputError(
+            f"out {name!r}: buffer cannot be written as it is: {why}; pass a fresh buffer from torch.empty(...)",
+            kind="out",
+            name=name,
         )
     if shape is not None and tuple(tensor.shape) != tuple(shape):
         raise ShapeError(
             f"out {name!r}: expected shape {format_shape(shape)} for these inputs, "
-            f"got {format_shape(tensor.shape)}; allocate it with that shape"
+            f"got {format_shape(tensor.shape)}; allocate it with that shape",
+            kind="out",
+            name=name,
         )
     return tensor
 
@@ -163,9 +254,11 @@ def check_no_overlap(outs: Iterable[tuple[str, torch.Tensor]], inputs: Iterable[
                 continue
             olo, ohi = _span(other)
             if lo < ohi and olo < hi:
-                raise InputError(
+                raise OutputError(
                     f"out {name!r}: buffer overlaps {kind} {other_name!r} in memory; "
-                    f"outputs need memory of their own, pass a separate tensor"
+                    f"outputs need memory of their own, pass a separate tensor",
+                    kind="out",
+                    name=name,
                 )
 
 
@@ -208,24 +301,37 @@ class CudaStreamOrder:
     inputs); after the run, the caller's stream waits for ORT's, so whatever reads the outputs
     next is ordered after ORT wrote them. When the caller already works on ``stream`` itself,
     both waits are skipped.
+
+    With ``stream=None`` (an adopted session whose ORT stream is unknown) the caller's stream is
+    synchronized before the run instead; ORT's default synchronous run orders the outputs.
+
+    ORT calls ``cudaSetDevice`` at the start of a run and does not restore it; :meth:`after` puts
+    back the caller's current device so a session on ``cuda:1`` does not move torch's.
     """
 
-    def __init__(self, stream: torch.cuda.Stream, device: torch.device) -> None:
+    def __init__(self, stream: torch.cuda.Stream | None, device: torch.device) -> None:
         self.stream = stream
         self.device = device
 
-    def before(self) -> torch.cuda.Stream | None:
-        """Make ORT's stream wait for the caller's; returns the caller's stream, or None if same."""
+    def before(self) -> tuple[torch.cuda.Stream | None, int]:
+        """Make ORT's stream wait for the caller's; returns what :meth:`after` needs."""
+        previous_device = torch.cuda.current_device()
         current = torch.cuda.current_stream(self.device)
+        if self.stream is None:
+            current.synchronize()
+            return None, previous_device
         if current == self.stream:
-            return None
+            return None, previous_device
         self.stream.wait_stream(current)
-        return current
+        return current, previous_device
 
-    def after(self, current: torch.cuda.Stream | None) -> None:
-        """Make the caller's stream wait for ORT's."""
-        if current is not None:
+    def after(self, state: tuple[torch.cuda.Stream | None, int]) -> None:
+        """Make the caller's stream wait for ORT's; restore the caller's current device."""
+        current, previous_device = state
+        if current is not None and self.stream is not None:
             current.wait_stream(self.stream)
+        if torch.cuda.current_device() != previous_device:
+            torch.cuda.set_device(previous_device)
 
 
 def new_binding(session: Any) -> Any:

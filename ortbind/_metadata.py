@@ -144,6 +144,15 @@ def _type_str(tp: onnx.TypeProto) -> str:
     return "unknown"
 
 
+def _dim(dim: onnx.TensorShapeProto.Dimension) -> Dim:
+    if dim.HasField("dim_value"):
+        # ONNX Runtime reads a negative dim_value as "unknown", as it does a missing one.
+        return dim.dim_value if dim.dim_value >= 0 else None
+    if dim.HasField("dim_param") and dim.dim_param:
+        return dim.dim_param
+    return None
+
+
 def _tensor_spec(value: onnx.ValueInfoProto) -> TensorSpec:
     tp = value.type
     type_str = _type_str(tp)
@@ -152,10 +161,7 @@ def _tensor_spec(value: onnx.ValueInfoProto) -> TensorSpec:
     tensor = tp.tensor_type
     dims: tuple[Dim, ...] | None = None
     if tensor.HasField("shape"):
-        dims = tuple(
-            d.dim_value if d.HasField("dim_value") else (d.dim_param if d.HasField("dim_param") else None)
-            for d in tensor.shape.dim
-        )
+        dims = tuple(_dim(d) for d in tensor.shape.dim)
     row = from_onnx(tensor.elem_type)
     if row is None:
         why = f"its element type {element_type_name(tensor.elem_type)} has no torch dtype that ONNX Runtime can bind"

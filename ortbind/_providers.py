@@ -16,7 +16,7 @@ import onnxruntime as ort
 import torch
 from onnxruntime.capi import build_and_package_info as _build_info
 
-from .errors import DeviceError
+from .errors import ConfigError
 
 __all__ = [
     "CPU",
@@ -52,17 +52,17 @@ def parse_device(device: str | torch.device) -> torch.device:
     """Normalize ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or a ``torch.device`` to one with an index.
 
     Raises:
-        DeviceError: Another device type, or an unparsable string.
+        ConfigError: Another device type, or an unparsable string.
     """
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as exc:
-        raise DeviceError(f"device {device!r}: not a device ({exc}); pass 'cpu', 'cuda' or 'cuda:N'") from exc
+        raise ConfigError(f"device {device!r}: not a device ({exc}); pass 'cpu', 'cuda' or 'cuda:N'") from exc
     if dev.type == "cpu":
         return torch.device("cpu")
     if dev.type == "cuda":
         return torch.device("cuda", 0 if dev.index is None else dev.index)
-    raise DeviceError(f"device {str(dev)!r}: ortbind runs on 'cpu' or 'cuda[:N]'; pass one of those")
+    raise ConfigError(f"device {str(dev)!r}: ortbind runs on 'cpu' or 'cuda[:N]'; pass one of those")
 
 
 @dataclass
@@ -103,7 +103,7 @@ def plan_providers(
     options: dict[str, dict[str, str]] = {}
     if providers is not None:
         if isinstance(providers, str):
-            raise DeviceError(
+            raise ConfigError(
                 f"providers: expected a list of provider names, got the string {providers!r}; pass [{providers!r}]"
             )
         for entry in providers:
@@ -113,12 +113,12 @@ def plan_providers(
             elif isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[0], str):
                 name, opts = entry[0], entry[1]
             else:
-                raise DeviceError(f"providers: expected names or (name, options) pairs, got {entry!r}")
+                raise ConfigError(f"providers: expected names or (name, options) pairs, got {entry!r}")
             names.append(name)
             options[name] = {k: str(v) for k, v in opts.items()}
     for name, opts in (provider_options or {}).items():
         if providers is not None and name not in names:
-            raise DeviceError(f"provider_options[{name!r}]: {name} is not among providers {names}; add it there")
+            raise ConfigError(f"provider_options[{name!r}]: {name} is not among providers {names}; add it there")
         options.setdefault(name, {}).update({k: str(v) for k, v in opts.items()})
 
     if device is not None:
@@ -128,7 +128,7 @@ def plan_providers(
         if gpu is None:
             dev = torch.device("cpu")
         else:
-            dev = torch.device("cuda", int(options.get(gpu, {}).get("device_id", "0")))
+            dev = torch.device("cuda", _device_id(gpu, options.get(gpu, {}).get("device_id", "0")))
 
     if providers is None:
         names = [CUDA, CPU] if dev.type == "cuda" else [CPU]
@@ -140,15 +140,50 @@ def plan_providers(
         opts = options.setdefault(name, {})
         if dev.type == "cuda":
             given = opts.get("device_id")
-            if given is not None and int(given) != dev.index:
-                raise DeviceError(
+            if given is not None and _device_id(name, given) != dev.index:
+                raise ConfigError(
                     f"provider_options[{name!r}]['device_id'] is {given}, but device is {dev}; "
                     f"make them agree or leave device_id out"
                 )
             opts["device_id"] = str(dev.index)
+        for flag in CUDA_GRAPH_OPTIONS:
+            if opts.get(flag, "0").strip().lower() not in ("0", "false", ""):
+                raise ConfigError(
+                    f"provider_options[{name!r}][{flag!r}]: CUDA graphs replay the addresses they captured, "
+                    f"while each ortbind call binds fresh buffers, so ORT would read and write freed memory; "
+                    f"leave {flag} out",
+                    kind="option",
+                    name=flag,
+                )
         if "user_compute_stream" in opts:
-            user_stream = int(opts["user_compute_stream"])
+            user_stream = _integer_option(name, "user_compute_stream", opts["user_compute_stream"])
     return ProviderPlan(dev, names, [options.get(n, {}) for n in names], user_stream)
+
+
+CUDA_GRAPH_OPTIONS: Final = ("enable_cuda_graph", "trt_cuda_graph_enable")
+"""Provider options that turn on CUDA-graph capture and replay."""
+
+
+def _integer_option(provider: str, key: str, value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(
+            f"provider_options[{provider!r}][{key!r}]: expected an integer, got {value!r}",
+            kind="option",
+            name=key,
+        ) from None
+
+
+def _device_id(provider: str, value: str) -> int:
+    index = _integer_option(provider, "device_id", value)
+    if index < 0:
+        raise ConfigError(
+            f"provider_options[{provider!r}]['device_id']: expected a non-negative integer, got {value!r}",
+            kind="option",
+            name="device_id",
+        )
+    return index
 
 
 def _library_path(provider: str) -> Path | None:

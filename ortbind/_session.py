@@ -1,66 +1,125 @@
 """TorchSession: torch tensors in, torch tensors out, through ONNX Runtime IO binding.
 
-Composes the other modules: metadata (what the model declares), shapes (what the outputs will
-be), providers (where it runs) and binding (pointers, checks, DLPack, streams).
+Composes the other modules: loading (:mod:`._loader`: session, device, stream), metadata (what the
+model declares), shapes (what the outputs will be), binding (checks, pointers, DLPack, streams) and
+ORT's error table (:mod:`._ort`). There is one execution path, :meth:`TorchSession._execute`; what
+can be worked out once per input signature is, as a tuple of output slots.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import operator
+import os
 import threading
-import warnings
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import onnxruntime as ort
 import torch
 
-from . import _binding
+from . import _binding, _loader
 from ._inference import ShapeInferencer
-from ._metadata import ModelSource, ModelSpec, TensorSpec, load_model, read_spec
-from ._providers import GPU_PROVIDERS, ProviderSpec, diagnose, plan_providers, uses_gpu
-from ._shapes import OutputPlan, Rule, ShapeProgram, format_shape
-from .errors import (
-    DeviceError,
-    InputError,
-    ModelError,
-    ProviderError,
-    ProviderFallbackWarning,
-    RunError,
-    ShapeError,
-)
+from ._metadata import ModelSource, ModelSpec, TensorSpec, read_spec
+from ._ort import is_output_refusal, translate
+from ._providers import ProviderSpec
+from ._shapes import OutputPlan, Rule, ShapeProgram, format_dims, format_shape
+from .errors import ConfigError, InputError, ModelError, OutputError, RunError, ShapeError
 
 __all__ = ["TorchSession"]
 
 _log = logging.getLogger("ortbind")
 
-# Per-signature plans are tiny; the bound only stops a caller that feeds ever-new shapes from
-# growing memory without limit.
-_MAX_PLANS = 4096
+PLAN_CACHE_SIZE = 4096
+"""Input signatures whose plans a session keeps; the least recently used one goes first."""
 
 
-def _is_shape_mismatch(exc: BaseException) -> bool:
-    text = str(exc)
-    return "computed output shape" in text or "Shape mismatch" in text
+@dataclass(frozen=True, slots=True)
+class _Slot:
+    """One output of one call, worked out ahead: how it is allocated and bound.
+
+    Attributes:
+        index: Position among the model's outputs.
+        name: Its name.
+        elem_type: ONNX element type int, as bound.
+        dtype: Its torch dtype (``None`` for an output ortbind cannot bind).
+        shape: The shape ortbind allocates, or ``None`` when ORT allocates it.
+        predicted: The shape comes from declared dims or inference (rules b/c), so ORT may refuse
+            it; a refusal reruns the call with ORT allocating this output.
+        passthrough: Index of the input this output is (a graph output named like an input), or
+            ``None``. ORT neither writes a bound buffer for it nor copies it when it allocates.
+        problem: Why it cannot be produced (an unsupported type), or ``None``.
+    """
+
+    index: int
+    name: str
+    elem_type: int
+    dtype: torch.dtype | None
+    shape: tuple[int, ...] | None
+    predicted: bool
+    passthrough: int | None
+    problem: str | None
+
+
+@dataclass(frozen=True)
+class _SignaturePlan:
+    """Everything one input signature needs.
+
+    Attributes:
+        outputs: One plan per model output (what :meth:`TorchSession.resolve_shapes` reports).
+        slots: One slot per model output, in model order.
+        verified: Whether a run has confirmed the predicted shapes. Sessions on CUDA start
+            unverified: there, an output computed on another device is copied into its bound
+            buffer after a check of element counts only, so a wrong prediction would come back
+            silently reshaped. The first run of each signature lets ORT allocate predicted outputs
+            and compares.
+    """
+
+    outputs: tuple[OutputPlan, ...]
+    slots: tuple[_Slot, ...]
+    verified: bool
+
+
+def _device_capacity(device: torch.device) -> int:
+    """Bytes a single output may take on ``device`` by default: all of its memory."""
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):  # not POSIX
+        return 1 << 62
+
+
+def _format_bytes(count: int) -> str:
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if value < 1024 or unit == "PiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
 
 
 class TorchSession:
     """Runs an ONNX model on ONNX Runtime with torch tensors, binding their memory directly.
 
-    Inputs are bound by ``data_ptr`` after they are checked (dtype, device, contiguity, rank,
-    fixed dims); nothing is cast, copied or moved behind the caller's back. Outputs are allocated
-    by ortbind with ``torch.empty`` on the session's device when their shape can be known before
-    the run, else ONNX Runtime allocates them and they are handed over through DLPack. Either way
-    each call returns fresh tensors that the caller owns: a later call never writes into them.
+    Inputs are bound by ``data_ptr`` after they are checked (type, real storage, dtype, device,
+    contiguity, lazy negation, alignment, rank, fixed dims); nothing is cast, copied or moved
+    behind the caller's back. Outputs are allocated by ortbind with ``torch.empty`` on the
+    session's device when their shape can be known before the run, else ONNX Runtime allocates
+    them and they are handed over through DLPack. Either way each call returns fresh tensors that
+    the caller owns: a later call never writes into them.
 
     Output shapes are resolved per call, in this order: (a) ``output_shapes`` overrides, (b) the
     model's declared dims evaluated with symbols bound from the inputs, (c) ONNX shape inference
     on the concrete input shapes, (d) allocation by ONNX Runtime. The outcome is cached per input
     signature. A declared shape that proves wrong at run time is detected (ORT refuses the bound
-    buffer before writing it) and that output moves to rule (d) for the signature.
+    buffer before writing it), that output moves to rule (d) for the signature, and its declared
+    dims are not trusted again by this session. An output larger than ``max_output_bytes`` is
+    never allocated from a prediction: ORT allocates what the run really produces.
 
     One session may be called from many threads at once; each call has its own binding.
 
@@ -80,16 +139,21 @@ class TorchSession:
         strict: Reject inputs that bind one declared symbol to different sizes. By default such
             outputs go to shape inference instead, since real exports tie e.g. a UNet's
             ``timestep`` to the batch symbol while pipelines feed shape ``(1,)``.
-        allow_copy: Copy non-contiguous inputs instead of rejecting them; each copy emits a
+        allow_copy: Copy inputs that cannot be bound as they are (non-contiguous, lazily
+            negated, misaligned for CUDA) instead of rejecting them; each copy emits a
             :class:`~ortbind.CopyWarning`. Dtype and device are never converted.
         allow_cpu_fallback: If the requested GPU provider cannot be used, run on CPU (with a
             :class:`~ortbind.ProviderFallbackWarning`) instead of raising
             :class:`~ortbind.ProviderError`.
+        max_output_bytes: The largest output ortbind allocates from a predicted shape; larger
+            ones are left to ORT, and an ``output_shapes`` override beyond it is a
+            :class:`~ortbind.ShapeError`. Defaults to the device's memory.
 
     Raises:
         ModelError: The model cannot be read or loaded, or an input cannot be bound.
+        ConfigError: The arguments contradict each other or ask for what ortbind cannot honour
+            (CUDA-graph provider options, a malformed ``device_id``).
         ProviderError: A requested provider is not active in ONNX Runtime.
-        DeviceError: The device or provider options are inconsistent.
 
     Example:
         >>> sess = TorchSession("unet.onnx", device="cuda:0")  # doctest: +SKIP
@@ -110,110 +174,116 @@ class TorchSession:
         strict: bool = False,
         allow_copy: bool = False,
         allow_cpu_fallback: bool = False,
+        max_output_bytes: int | None = None,
     ) -> None:
-        loaded = load_model(model)
-        self._spec = read_spec(loaded.proto)
+        loaded = _loader.load(model, device, providers, provider_options, session_options, allow_cpu_fallback)
+        self._setup(loaded, output_shapes, strict, allow_copy, max_output_bytes)
+
+    @classmethod
+    def from_session(
+        cls,
+        session: ort.InferenceSession,
+        device: str | torch.device | None = None,
+        *,
+        model: ModelSource | None = None,
+        output_shapes: Mapping[str, Sequence[int | str]] | None = None,
+        strict: bool = False,
+        allow_copy: bool = False,
+        max_output_bytes: int | None = None,
+    ) -> TorchSession:
+        """Run a session that the caller built with ``onnxruntime.InferenceSession``.
+
+        The session's providers decide the device (its CUDA provider's ``device_id``); a given
+        ``device`` must agree. The model's metadata is read from the file or bytes the session
+        was built from, or from ``model``. On CUDA, a session built without
+        ``user_compute_stream`` runs on a stream ortbind does not know, so each run first waits
+        for the caller's current stream on the CPU; build it with a ``user_compute_stream`` to
+        order by events instead.
+
+        Args:
+            session: The built session.
+            device: Where tensors live; defaults to the session's device.
+            model: The model the session was built from, when the session cannot tell.
+            output_shapes: As for :class:`TorchSession`.
+            strict: As for :class:`TorchSession`.
+            allow_copy: As for :class:`TorchSession`.
+            max_output_bytes: As for :class:`TorchSession`.
+
+        Raises:
+            ConfigError: Not an InferenceSession, ``device`` disagrees with its providers, or
+                CUDA-graph capture is on.
+            ModelError: The model cannot be found or read.
+        """
+        self = cls.__new__(cls)
+        self._setup(_loader.adopt(session, device, model), output_shapes, strict, allow_copy, max_output_bytes)
+        return self
+
+    def _setup(
+        self,
+        loaded: _loader.Loaded,
+        output_shapes: Mapping[str, Sequence[int | str]] | None,
+        strict: bool,
+        allow_copy: bool,
+        max_output_bytes: int | None,
+    ) -> None:
+        self._spec = specs = read_spec(loaded.proto)
         self._path = loaded.path
-        self._inferencer = ShapeInferencer(loaded.proto)
-        for spec in self._spec.inputs:
+        for spec in specs.inputs:
             if spec.unsupported:
                 raise ModelError(
-                    f"input {spec.name!r}: {spec.unsupported}; run this model with onnxruntime.InferenceSession instead"
+                    f"input {spec.name!r}: {spec.unsupported}; "
+                    f"run this model with onnxruntime.InferenceSession instead",
+                    kind="input",
+                    name=spec.name,
                 )
-
-        plan = plan_providers(device, providers, provider_options)
-        if plan.device.type == "cuda" and not uses_gpu(plan.providers):
-            # Binding CUDA memory to a session without a CUDA provider can crash the process.
-            raise DeviceError(
-                f"device {plan.device}: needs a CUDA or TensorRT provider, but providers are {plan.providers}; "
-                f"add 'CUDAExecutionProvider' or use device='cpu'"
-            )
-        self._stream: torch.cuda.Stream | None = None
-        cuda_problem = ""
-        if plan.device.type == "cuda":
-            if not torch.cuda.is_available():
-                build = "a CPU-only build" if torch.version.cuda is None else "unable to see a GPU"
-                cuda_problem = f"torch {torch.__version__} is {build}, so no tensor can live on {plan.device}"
-            elif plan.device.index is not None and plan.device.index >= torch.cuda.device_count():
-                raise DeviceError(
-                    f"device {plan.device}: torch sees {torch.cuda.device_count()} CUDA device(s); "
-                    f"pass an index below that"
-                )
-            elif plan.user_stream is not None:
-                self._stream = torch.cuda.ExternalStream(plan.user_stream, device=plan.device)  # type: ignore[no-untyped-call]
-            else:
-                # A dedicated stream: torch's legacy default stream has handle 0, which ORT
-                # takes to mean "no stream" and replaces with one of its own.
-                self._stream = torch.cuda.Stream(device=plan.device)  # type: ignore[no-untyped-call]
-                for name, opts in zip(plan.providers, plan.options):
-                    if name in GPU_PROVIDERS:
-                        opts["user_compute_stream"] = str(self._stream.cuda_stream)
-
-        try:
-            self._session = ort.InferenceSession(
-                loaded.ort_source,
-                sess_options=session_options,
-                providers=list(zip(plan.providers, plan.options)),
-            )
-        except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
-            where = repr(str(loaded.path)) if loaded.path else "from memory"
-            raise ModelError(f"model {where}: ONNX Runtime could not load it: {str(exc).strip()}") from exc
-
-        active = self._session.get_providers()
-        missing = [p for p in plan.requested if p not in active]
-        if missing or cuda_problem:
-            reasons = [f"{p}: {diagnose(p)}" for p in missing]
-            if cuda_problem:
-                reasons.insert(0, cuda_problem)
-            wanted = ", ".join(plan.requested) or str(plan.device)
-            message = f"{wanted} was requested for {plan.device}, but ONNX Runtime runs on {active}: " + "; ".join(
-                reasons
-            )
-            if not allow_cpu_fallback:
-                raise ProviderError(message + "; or pass allow_cpu_fallback=True to run on CPU")
-            if cuda_problem and uses_gpu(active):
-                # ORT's GPU provider loaded, but torch cannot hold CUDA tensors to feed it.
-                self._session = ort.InferenceSession(
-                    loaded.ort_source, sess_options=session_options, providers=["CPUExecutionProvider"]
-                )
-                active = self._session.get_providers()
-            if not uses_gpu(active):
-                plan.device = torch.device("cpu")
-                self._stream = None
-            warnings.warn(
-                f"{message}; running on {active} with tensors on {plan.device} (allow_cpu_fallback=True)",
-                ProviderFallbackWarning,
-                stacklevel=2,
-            )
-        del loaded
-        self._device = plan.device
-        self._c_session = self._session._sess
-        self._ort_device = _binding.make_ort_device(self._device)
-        self._stream_order = _binding.CudaStreamOrder(self._stream, self._device) if self._stream else None
-        self._allow_copy = allow_copy
-
-        ort_inputs = [i.name for i in self._session.get_inputs()]
-        if ort_inputs != [s.name for s in self._spec.inputs]:
+        self._session = loaded.session
+        self._c_session = loaded.session._sess
+        ort_inputs = [i.name for i in loaded.session.get_inputs()]
+        if ort_inputs != [s.name for s in specs.inputs]:
             raise ModelError(
-                f"model: its graph declares inputs {[s.name for s in self._spec.inputs]} but ONNX "
-                f"Runtime reports {ort_inputs}; the model file is inconsistent"
+                f"model: its graph declares inputs {[s.name for s in specs.inputs]} but ONNX "
+                f"Runtime reports {ort_inputs}; the model file is inconsistent",
+                kind="model",
             )
-
-        specs = self._spec
+        if max_output_bytes is not None and (
+            isinstance(max_output_bytes, bool) or not isinstance(max_output_bytes, int) or max_output_bytes <= 0
+        ):
+            raise ConfigError(
+                f"max_output_bytes: expected a positive int, got {max_output_bytes!r}",
+                kind="option",
+                name="max_output_bytes",
+            )
+        self._device = loaded.device
+        self._max_output_bytes = max_output_bytes or _device_capacity(loaded.device)
+        self._inferencer = ShapeInferencer(loaded.proto)
+        self._ort_device = _binding.make_ort_device(self._device)
+        on_cuda = self._device.type == "cuda"
+        self._stream = loaded.stream
+        self._stream_order = _binding.CudaStreamOrder(loaded.stream, self._device) if on_cuda else None
+        self._allow_copy = allow_copy
         self._program = ShapeProgram.for_specs(specs.inputs, specs.outputs, output_shapes, strict)
-        self._plans: dict[tuple[torch.Size, ...], _SignaturePlan] = {}
+        self._plans: OrderedDict[tuple[torch.Size, ...], _SignaturePlan] = OrderedDict()
+        self._plans_lock = threading.Lock()
+        self._distrusted: set[int] = set()  # outputs whose declared dims proved wrong once
         self._local = threading.local()
         self._run_options = ort.RunOptions()
         # Every run error reaches the caller as a RunError carrying ORT's message; ORT's own log
         # line for it would only repeat that (and would fire for the handled shape retry).
         self._run_options.log_severity_level = 4
-        self._input_checks = tuple((s.name, s.dtype, s.elem_type) for s in specs.inputs)
+        # (name, dtype, elem type, required address multiple) per input.
+        self._input_checks = tuple(
+            (s.name, s.dtype, s.elem_type, _binding.CUDA_ALIGNMENT if on_cuda else max(1, s.dtype.itemsize))
+            for s in specs.inputs
+            if s.dtype is not None
+        )
         self._input_index = {s.name: i for i, s in enumerate(specs.inputs)}
         self._output_index = {s.name: i for i, s in enumerate(specs.outputs)}
+        self._passthrough = {i: self._input_index.get(s.name) for i, s in enumerate(specs.outputs)}
         self._dlpack_ok = tuple(_binding.dlpack_supported(s) for s in specs.outputs)
         self._all_outputs = tuple(range(len(specs.outputs)))
-        self._cuda_index = self._device.index if self._device.type == "cuda" else -1
-        self._empty_kwargs: dict[str, Any] = {} if self._cuda_index < 0 else {"device": self._device}
+        self._verify_first_run = on_cuda
+        self._cuda_index = self._device.index if on_cuda else -1
+        self._empty_kwargs: dict[str, Any] = {"device": self._device} if on_cuda else {}
 
     # ------------------------------------------------------------------ introspection
 
@@ -252,6 +322,11 @@ class TorchSession:
         """The model file, or ``None`` when the model came from memory."""
         return self._path
 
+    @property
+    def max_output_bytes(self) -> int:
+        """The largest output ortbind allocates from a predicted shape."""
+        return self._max_output_bytes
+
     def __repr__(self) -> str:
         source = str(self._path) if self._path else "<in memory>"
         return (
@@ -269,14 +344,16 @@ class TorchSession:
             Output name -> :class:`OutputPlan` (rule, shape or ``None``, and why).
         """
         shapes: list[torch.Size] = []
-        for name, _, _ in self._input_checks:
+        for name, _, _, _ in self._input_checks:
             if name not in input_shapes:
-                raise InputError(f"input_shapes: missing input {name!r}; give a shape for every input")
+                raise InputError(
+                    f"input_shapes: missing input {name!r}; give a shape for every input", kind="input", name=name
+                )
             shapes.append(torch.Size(input_shapes[name]))
         unknown = [n for n in input_shapes if n not in self._input_index]
         if unknown:
-            raise InputError(self._unknown_message(unknown[0]))
-        plan = self._plans.get(tuple(shapes)) or self._plan(tuple(shapes))
+            raise InputError(self._unknown_message(unknown[0]), kind="input", name=unknown[0])
+        plan = self._lookup(tuple(shapes))
         return {p.name: p for p in plan.outputs}
 
     # ------------------------------------------------------------------ running
@@ -301,19 +378,22 @@ class TorchSession:
 
         Args:
             feeds: Input name -> tensor, for every input. Each must have the declared dtype, live
-                on :attr:`device`, be contiguous and match the declared rank and fixed dims.
-                Inputs are only read, and are referenced until the run returns.
+                on :attr:`device`, be contiguous, without lazy negation, aligned (16 bytes on
+                CUDA) and match the declared rank and fixed dims. Inputs are only read, and are
+                referenced until the run returns.
             output_names: The outputs to compute, in the order wanted; all by default.
             out: Output name -> caller-owned buffer to write into. Each must have the output's
-                dtype, the session's device, be contiguous and have the output's shape; the
-                returned dict holds these very tensors.
+                dtype, the session's device, be contiguous, not require grad and have the
+                output's shape; the returned dict holds these very tensors, and their autograd
+                version counters are bumped.
             output_shapes: Output name -> concrete shape for this call (rule a).
 
         Returns:
             Output name -> tensor on :attr:`device`, in ``output_names`` order.
 
         Raises:
-            InputError: A feed is missing, unknown, not a tensor, or not contiguous.
+            InputError: A feed is missing, unknown, not a real tensor, or cannot be bound as is.
+            OutputError: An output name is unknown, or an ``out=`` buffer cannot be written.
             DTypeError: A feed or buffer has the wrong dtype.
             ShapeError: A feed breaks the declared rank or a fixed dim, or a buffer's shape is
                 wrong.
@@ -321,77 +401,242 @@ class TorchSession:
             RunError: ONNX Runtime failed; its message is kept.
         """
         tensors, signature = self._collect(feeds)
-        plan = self._plans.get(signature)
-        if plan is None:
-            plan = self._plan(signature)
-        fast = plan.fast
-        if fast is not None and output_names is None and out is None and output_shapes is None:
-            # The common call, kept lean: every output's shape is known and ortbind allocates it.
-            binding = self._binding(self._all_outputs)
-            ort_device, empty = self._ort_device, torch.empty
-            for (name, _, elem_type), tensor in zip(self._input_checks, tensors):
-                binding.bind_input(name, ort_device, elem_type, tensor.shape, tensor.data_ptr())
-            results: dict[str, torch.Tensor] = {}
-            kwargs = self._empty_kwargs
-            for name, elem_type, shape, dtype in fast:
-                # Sizes as separate ints: torch parses them faster than one tuple.
-                buffer = empty(*shape, dtype=dtype, **kwargs) if shape else empty((), dtype=dtype, **kwargs)
-                binding.bind_output(name, ort_device, elem_type, shape, buffer.data_ptr())
-                results[name] = buffer
-            try:
-                self._run(binding)
-            except _ShapeMismatchError as mismatch:
-                if not plan.guessed:
-                    raise self._run_error(mismatch.__cause__) from mismatch.__cause__
-                entries = list(plan.outputs)
-                return self._retry(tensors, signature, self._all_outputs, entries, None, mismatch.__cause__)
-            return results
-
+        plan = self._lookup(signature)
+        if output_names is None and out is None and output_shapes is None:
+            return self._execute(tensors, signature, plan, plan.slots, self._all_outputs, None)
         indices = self._all_outputs if output_names is None else self._select(output_names)
-        entries = [plan.outputs[i] for i in indices]
+        slots = [plan.slots[i] for i in indices]
         if output_shapes:
-            entries = self._call_overrides(entries, output_shapes)
-        buffers = self._check_out(out, indices, entries, tensors) if out else None
-        try:
-            return self._execute(tensors, indices, entries, buffers, speculative=True)
-        except _ShapeMismatchError as mismatch:
-            return self._retry(tensors, signature, indices, entries, buffers, mismatch.__cause__)
+            slots = self._call_overrides(slots, output_shapes)
+        buffers = self._check_out(out, slots, tensors) if out else None
+        return self._execute(tensors, signature, plan, slots, indices, buffers)
 
-    # ------------------------------------------------------------------ internals
+    # ------------------------------------------------------------------ inputs
 
     def _collect(self, feeds: Mapping[str, torch.Tensor]) -> tuple[list[torch.Tensor], tuple[torch.Size, ...]]:
         """The tensors to bind, in input order, and their shapes (the signature)."""
         tensors: list[torch.Tensor] = []
         shapes: list[torch.Size] = []
         cuda_index = self._cuda_index
-        strided = torch.strided
-        for name, dtype, _ in self._input_checks:
+        strided, plain = torch.strided, torch.Tensor
+        for name, dtype, _, align in self._input_checks:
             try:
                 t = feeds[name]
             except KeyError:
-                raise InputError(self._missing_message(feeds)) from None
+                raise InputError(self._missing_message(feeds), kind="input", name=name) from None
             except TypeError:
                 raise InputError(
-                    f"feeds: expected a mapping of input name -> torch.Tensor, got {type(feeds).__name__}"
+                    f"feeds: expected a mapping of input name -> torch.Tensor, got {type(feeds).__name__}",
+                    kind="input",
                 ) from None
+            # The common case passes these cheap tests; anything else takes the checked path,
+            # which raises (or copies, with allow_copy) with a message saying why.
             if (
-                type(t) is not torch.Tensor
+                type(t) is not plain
                 or t.dtype is not dtype
                 or t.layout is not strided
                 or (not t.is_cuda or t.get_device() != cuda_index if cuda_index >= 0 else not t.is_cpu)
                 or not t.is_contiguous()
+                or t.is_neg()
+                or t.data_ptr() % align
+                or not t.data_ptr()
             ):
                 t = _binding.check_input(
                     name, self._spec.inputs[self._input_index[name]], t, self._device, self._allow_copy
                 )
-                if not t.is_contiguous():  # a subclass that passed the checks above
-                    raise InputError(f"input {name!r}: tensor is not contiguous; pass .contiguous()")
             tensors.append(t)
             shapes.append(t.shape)
         if len(feeds) != len(tensors):
             unknown = next(n for n in feeds if n not in self._input_index)
-            raise InputError(self._unknown_message(unknown))
+            raise InputError(self._unknown_message(unknown), kind="input", name=unknown)
         return tensors, tuple(shapes)
+
+    def _missing_message(self, feeds: Mapping[str, Any]) -> str:
+        missing = [s for s in self._spec.inputs if s.name not in feeds]
+        names = ", ".join(repr(s.name) for s in missing)
+        needs = "; ".join(str(s) for s in missing)
+        return f"missing input{'s' if len(missing) > 1 else ''} {names}; the model needs {needs}"
+
+    def _unknown_message(self, name: str) -> str:
+        known = ", ".join(repr(s.name) for s in self._spec.inputs) or "none"
+        return f"input {name!r}: the model has no such input; its inputs are {known}"
+
+    # ------------------------------------------------------------------ plans
+
+    def _lookup(self, signature: tuple[torch.Size, ...]) -> _SignaturePlan:
+        plans = self._plans
+        plan = plans.get(signature)
+        if plan is None:
+            return self._plan(signature)
+        # KeyError: evicted by another thread just now; the plan in hand is still right.
+        with contextlib.suppress(KeyError):
+            plans.move_to_end(signature)
+        return plan
+
+    def _plan(self, signature: tuple[torch.Size, ...]) -> _SignaturePlan:
+        entries = list(self._program.plan([tuple(s) for s in signature], infer=self._inferencer))
+        for index in self._distrusted:
+            entry = entries[index]
+            if entry.rule is Rule.DECLARED:
+                entries[index] = OutputPlan(
+                    entry.name, Rule.ORT, None, "its declared dims proved wrong for an earlier input signature"
+                )
+        entries = [self._within_limit(entry) for entry in entries]
+        return self._remember(signature, tuple(entries), verified=not self._verify_first_run)
+
+    def _within_limit(self, entry: OutputPlan) -> OutputPlan:
+        """The entry, or rule (d) when its predicted size is beyond :attr:`max_output_bytes`."""
+        if entry.shape is None:
+            return entry
+        spec = self._spec.outputs[self._output_index[entry.name]]
+        size = spec.dtype.itemsize if spec.dtype is not None else 1
+        for dim in entry.shape:
+            size *= dim
+        if size <= self._max_output_bytes:
+            return entry
+        what = f"{format_shape(entry.shape)} (declared {format_dims(spec.dims)})"
+        reason = (
+            f"shape {what} needs {_format_bytes(size)}, more than max_output_bytes "
+            f"({_format_bytes(self._max_output_bytes)})"
+        )
+        if entry.rule is Rule.OVERRIDE:
+            raise ShapeError(
+                f"output_shapes[{entry.name!r}]: {reason}; pass a smaller shape or raise max_output_bytes",
+                kind="output",
+                name=entry.name,
+            )
+        _log.info("output %r: %s; ORT allocates it", entry.name, reason)
+        return OutputPlan(entry.name, Rule.ORT, None, reason)
+
+    def _slot(self, index: int, entry: OutputPlan) -> _Slot:
+        spec = self._spec.outputs[index]
+        return _Slot(
+            index,
+            spec.name,
+            spec.elem_type,
+            spec.dtype,
+            entry.shape,
+            entry.rule is Rule.DECLARED or entry.rule is Rule.INFERRED,
+            self._passthrough[index],
+            spec.unsupported,
+        )
+
+    def _remember(
+        self, signature: tuple[torch.Size, ...], outputs: tuple[OutputPlan, ...], *, verified: bool
+    ) -> _SignaturePlan:
+        slots = tuple(self._slot(i, entry) for i, entry in enumerate(outputs))
+        plan = _SignaturePlan(outputs, slots, verified)
+        with self._plans_lock:
+            self._plans[signature] = plan
+            self._plans.move_to_end(signature)
+            while len(self._plans) > PLAN_CACHE_SIZE:
+                self._plans.popitem(last=False)
+        return plan
+
+    def _learn(
+        self,
+        signature: tuple[torch.Size, ...],
+        plan: _SignaturePlan,
+        predicted: Sequence[_Slot],
+        results: Mapping[str, torch.Tensor],
+    ) -> None:
+        """Record what a run that let ORT allocate predicted outputs showed about the predictions."""
+        outputs = list(plan.outputs)
+        for slot in predicted:
+            actual = tuple(results[slot.name].shape)
+            if actual == slot.shape:
+                continue
+            entry = outputs[slot.index]
+            assert slot.shape is not None
+            reason = (
+                f"{'declared' if entry.rule is Rule.DECLARED else 'inferred'} shape "
+                f"{format_shape(slot.shape)} proved wrong at run time (ORT produced {format_shape(actual)})"
+            )
+            _log.info("output %r: %s; ORT allocates it for this input signature", slot.name, reason)
+            outputs[slot.index] = OutputPlan(slot.name, Rule.ORT, None, reason)
+            if entry.rule is Rule.DECLARED:
+                self._distrusted.add(slot.index)
+        self._remember(signature, tuple(outputs), verified=True)
+
+    # ------------------------------------------------------------------ outputs
+
+    def _select(self, output_names: Sequence[str]) -> tuple[int, ...]:
+        if isinstance(output_names, str):
+            raise OutputError(
+                f"output_names: expected a sequence of names, got the string {output_names!r}; pass [{output_names!r}]",
+                kind="output",
+                name=output_names,
+            )
+        indices = []
+        for name in output_names:
+            index = self._output_index.get(name)
+            if index is None:
+                raise OutputError(self._unknown_output_message(name), kind="output", name=name)
+            indices.append(index)
+        if len(set(indices)) != len(indices):
+            raise OutputError(f"output_names: {list(output_names)} names an output twice", kind="output")
+        return tuple(indices)
+
+    def _unknown_output_message(self, name: str) -> str:
+        known = ", ".join(repr(s.name) for s in self._spec.outputs)
+        return f"output {name!r}: the model has no such output; its outputs are {known}"
+
+    def _call_overrides(self, slots: list[_Slot], output_shapes: Mapping[str, Sequence[int]]) -> list[_Slot]:
+        wanted = {s.name for s in slots}
+        for name in output_shapes:
+            if name not in wanted:
+                raise ShapeError(
+                    f"output_shapes[{name!r}]: not among the outputs of this call "
+                    f"({', '.join(repr(n) for n in wanted)})",
+                    kind="output",
+                    name=name,
+                )
+        result = []
+        for slot in slots:
+            dims = output_shapes.get(slot.name)
+            if dims is None:
+                result.append(slot)
+                continue
+            shape = _as_shape(dims)
+            if shape is None:
+                raise ShapeError(
+                    f"output_shapes[{slot.name!r}]: expected a sequence of non-negative ints, got {dims!r}",
+                    kind="output",
+                    name=slot.name,
+                )
+            self._within_limit(OutputPlan(slot.name, Rule.OVERRIDE, shape))
+            result.append(replace(slot, shape=shape, predicted=False))
+        return result
+
+    def _check_out(
+        self, out: Mapping[str, torch.Tensor], slots: Sequence[_Slot], tensors: Sequence[torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        by_name = {s.name: s for s in slots}
+        buffers: dict[str, torch.Tensor] = {}
+        for name, value in out.items():
+            slot = by_name.get(name)
+            if slot is None:
+                if name in self._output_index:
+                    raise OutputError(
+                        f"out {name!r}: not among output_names of this call; add it there or drop the buffer",
+                        kind="out",
+                        name=name,
+                    )
+                raise OutputError(self._unknown_output_message(name).replace("output", "out", 1), kind="out", name=name)
+            spec = self._spec.outputs[slot.index]
+            if slot.problem:
+                raise ModelError(self._unsupported_output_message(spec), kind="output", name=name)
+            buffers[name] = _binding.check_out_buffer(name, spec, value, self._device, slot.shape)
+        _binding.check_no_overlap(buffers.items(), ((s.name, t) for s, t in zip(self._spec.inputs, tensors)))
+        return buffers
+
+    @staticmethod
+    def _unsupported_output_message(spec: TensorSpec) -> str:
+        return (
+            f"output {spec.name!r}: {spec.unsupported}; request the other outputs with run(feeds, output_names=[...])"
+        )
+
+    # ------------------------------------------------------------------ the one execution path
 
     def _binding(self, outputs: tuple[int, ...]) -> Any:
         """This thread's IOBinding, ready to bind ``outputs``.
@@ -411,254 +656,146 @@ class TorchSession:
             local.outputs = outputs
         return binding
 
-    def _run(self, binding: Any) -> None:
-        """Run a bound call, ordered against torch's current CUDA stream when on CUDA."""
-        order = self._stream_order
-        current = order.before() if order is not None else None
-        try:
-            self._c_session.run_with_iobinding(binding, self._run_options)
-        except Exception as exc:
-            # A failed run may leave the binding half-bound; the next call starts a fresh one.
-            self._local.binding = None
-            if _is_shape_mismatch(exc):
-                raise _ShapeMismatchError() from exc
-            raise self._run_error(exc) from exc
-        finally:
-            if order is not None:
-                order.after(current)
-
-    @staticmethod
-    def _run_error(exc: BaseException | None) -> RunError:
-        return RunError(f"ONNX Runtime failed during the run: {str(exc).strip()}")
-
-    def _missing_message(self, feeds: Mapping[str, Any]) -> str:
-        missing = [s for s in self._spec.inputs if s.name not in feeds]
-        names = ", ".join(repr(s.name) for s in missing)
-        needs = "; ".join(str(s) for s in missing)
-        return f"missing input{'s' if len(missing) > 1 else ''} {names}; the model needs {needs}"
-
-    def _unknown_message(self, name: str) -> str:
-        known = ", ".join(repr(s.name) for s in self._spec.inputs) or "none"
-        return f"input {name!r}: the model has no such input; its inputs are {known}"
-
-    def _plan(self, signature: tuple[torch.Size, ...]) -> _SignaturePlan:
-        outputs = self._program.plan([tuple(s) for s in signature], infer=self._inferencer)
-        return self._remember(signature, outputs)
-
-    def _remember(self, signature: tuple[torch.Size, ...], outputs: tuple[OutputPlan, ...]) -> _SignaturePlan:
-        fast: list[tuple[str, int, tuple[int, ...], torch.dtype]] | None = []
-        for spec, entry in zip(self._spec.outputs, outputs):
-            if entry.shape is None or spec.dtype is None or 0 in entry.shape or fast is None:
-                fast = None
-                continue
-            fast.append((spec.name, spec.elem_type, entry.shape, spec.dtype))
-        plan = _SignaturePlan(
-            outputs,
-            None if fast is None else tuple(fast),
-            any(e.rule in (Rule.DECLARED, Rule.INFERRED) for e in outputs),
-        )
-        if len(self._plans) >= _MAX_PLANS:
-            self._plans.clear()
-        self._plans[signature] = plan
-        return plan
-
-    def _select(self, output_names: Sequence[str]) -> tuple[int, ...]:
-        if isinstance(output_names, str):
-            raise InputError(
-                f"output_names: expected a sequence of names, got the string {output_names!r}; pass [{output_names!r}]"
-            )
-        indices = []
-        for name in output_names:
-            index = self._output_index.get(name)
-            if index is None:
-                known = ", ".join(repr(s.name) for s in self._spec.outputs)
-                raise InputError(f"output {name!r}: the model has no such output; its outputs are {known}")
-            indices.append(index)
-        if len(set(indices)) != len(indices):
-            raise InputError(f"output_names: {list(output_names)} names an output twice")
-        return tuple(indices)
-
-    def _call_overrides(
-        self, entries: list[OutputPlan], output_shapes: Mapping[str, Sequence[int]]
-    ) -> list[OutputPlan]:
-        wanted = {e.name for e in entries}
-        for name in output_shapes:
-            if name not in wanted:
-                raise ShapeError(
-                    f"output_shapes[{name!r}]: not among the outputs of this call "
-                    f"({', '.join(repr(n) for n in wanted)})"
-                )
-        result = []
-        for entry in entries:
-            dims = output_shapes.get(entry.name)
-            if dims is None:
-                result.append(entry)
-                continue
-            shape = _as_shape(dims)
-            if shape is None:
-                raise ShapeError(
-                    f"output_shapes[{entry.name!r}]: expected a sequence of non-negative ints, got {dims!r}"
-                )
-            result.append(OutputPlan(entry.name, Rule.OVERRIDE, shape))
-        return result
-
-    def _check_out(
-        self,
-        out: Mapping[str, torch.Tensor],
-        indices: Sequence[int],
-        entries: Sequence[OutputPlan],
-        tensors: Sequence[torch.Tensor],
-    ) -> dict[str, torch.Tensor]:
-        by_name = {e.name: (i, e) for i, e in zip(indices, entries)}
-        buffers: dict[str, torch.Tensor] = {}
-        for name, value in out.items():
-            if name not in by_name:
-                if name in self._output_index:
-                    raise InputError(
-                        f"out {name!r}: not among output_names of this call; add it there or drop the buffer"
-                    )
-                known = ", ".join(repr(s.name) for s in self._spec.outputs)
-                raise InputError(f"out {name!r}: the model has no such output; its outputs are {known}")
-            index, entry = by_name[name]
-            spec = self._spec.outputs[index]
-            if spec.unsupported:
-                raise ModelError(self._unsupported_output_message(spec))
-            buffers[name] = _binding.check_out_buffer(name, spec, value, self._device, entry.shape)
-        _binding.check_no_overlap(buffers.items(), ((s.name, t) for s, t in zip(self._spec.inputs, tensors)))
-        return buffers
-
     def _execute(
         self,
         tensors: Sequence[torch.Tensor],
-        indices: Sequence[int],
-        entries: Sequence[OutputPlan],
+        signature: tuple[torch.Size, ...],
+        plan: _SignaturePlan,
+        slots: Sequence[_Slot],
+        key: tuple[int, ...],
         buffers: Mapping[str, torch.Tensor] | None,
-        speculative: bool,
+        *,
+        first_attempt: BaseException | None = None,
     ) -> dict[str, torch.Tensor]:
-        binding = self._binding(tuple(indices))
+        """Bind, run, collect: every call goes through here, the common one with least to do.
+
+        A slot with a shape gets a buffer (the caller's or a fresh ``torch.empty``) bound by
+        pointer; a slot without one is left for ORT to allocate and comes back through DLPack.
+        When ORT refuses a predicted shape, the call is rerun once with ORT allocating the
+        predicted outputs, and the plan learns from what it produced.
+        """
+        probing = not plan.verified and first_attempt is None
+        binding = self._binding(key)
         device = self._ort_device
-        for (name, _, elem_type), tensor in zip(self._input_checks, tensors):
-            binding.bind_input(name, device, elem_type, tensor.shape, tensor.data_ptr())
-
+        empty = torch.empty
+        kwargs = self._empty_kwargs
         results: dict[str, Any] = {}
-        pending: list[tuple[int, int, torch.Tensor | None]] = []
-        guessed = False
-        for position, (index, entry) in enumerate(zip(indices, entries)):
-            spec = self._spec.outputs[index]
-            name = spec.name
-            if spec.unsupported:
-                raise ModelError(self._unsupported_output_message(spec))
-            buffer = buffers.get(name) if buffers else None
-            if buffer is None and entry.shape is not None:
-                buffer = torch.empty(entry.shape, dtype=spec.dtype, device=self._device)
-                guessed = guessed or entry.rule is Rule.DECLARED or entry.rule is Rule.INFERRED
-            if buffer is not None and buffer.numel():
-                binding.bind_output(name, device, spec.elem_type, buffer.shape, buffer.data_ptr())
-                results[name] = buffer
-                continue
-            # ORT allocates: the shape is unknown ahead, or the tensor is empty (torch gives empty
-            # tensors a null pointer, which ORT refuses to bind).
-            if buffer is None and not self._dlpack_ok[index]:
-                raise ShapeError(
-                    f"output {name!r}: its shape cannot be resolved before the run "
-                    f"({entry.reason or 'no rule applies'}), and ONNX Runtime cannot hand "
-                    f"{spec.elem_type_name} tensors over through DLPack; pass "
-                    f"output_shapes={{{name!r}: (...)}} or out={{{name!r}: buffer}}"
-                )
-            binding.bind_output(name, device)
-            results[name] = None
-            pending.append((position, index, buffer))
-
+        pending: list[tuple[int, _Slot, torch.Tensor | None]] = []  # ORT allocates these
+        passthrough: list[tuple[_Slot, torch.Tensor | None]] = []
+        subject = ""
+        bound_outputs = 0
         try:
-            self._run(binding)
-        except _ShapeMismatchError as mismatch:
-            if speculative and guessed:
+            for (name, _, elem_type, _), tensor in zip(self._input_checks, tensors):
+                subject = f"input {name!r}"
+                binding.bind_input(name, device, elem_type, tensor.shape, tensor.data_ptr())
+            subject = ""
+            for slot in slots:
+                name = slot.name
+                if slot.problem is not None:
+                    raise ModelError(
+                        self._unsupported_output_message(self._spec.outputs[slot.index]), kind="output", name=name
+                    )
+                buffer = buffers.get(name) if buffers else None
+                if slot.passthrough is not None:
+                    passthrough.append((slot, buffer))
+                    results[name] = None
+                    continue
+                shape = slot.shape
+                if shape is not None and not (probing and slot.predicted):
+                    if buffer is None:
+                        # Sizes as separate ints: torch parses them faster than one tuple.
+                        buffer = (
+                            empty(*shape, dtype=slot.dtype, **kwargs)
+                            if shape
+                            else empty((), dtype=slot.dtype, **kwargs)
+                        )
+                    if buffer.numel():
+                        subject = f"output {name!r}"
+                        binding.bind_output(name, device, slot.elem_type, shape, buffer.data_ptr())
+                        results[name] = buffer
+                        bound_outputs += 1
+                        continue
+                # ORT allocates: the shape is unknown ahead, the tensor is empty (torch gives
+                # empty tensors a null pointer, which ORT refuses to bind), or a prediction is
+                # being checked.
+                if buffer is None and shape is None and not self._dlpack_ok[slot.index]:
+                    entry = plan.outputs[slot.index]
+                    raise ShapeError(
+                        f"output {name!r}: its shape cannot be resolved before the run "
+                        f"({entry.reason or 'no rule applies'}), and ONNX Runtime cannot hand "
+                        f"{self._spec.outputs[slot.index].elem_type_name} tensors over through DLPack; pass "
+                        f"output_shapes={{{name!r}: (...)}} or out={{{name!r}: buffer}}",
+                        kind="output",
+                        name=name,
+                    )
+                subject = f"output {name!r}"
+                binding.bind_output(name, device)
+                results[name] = None
+                pending.append((bound_outputs, slot, buffer))
+                bound_outputs += 1
+        except Exception as exc:
+            self._local.binding = None  # half-bound: the next call starts a fresh one
+            if not subject:
                 raise
-            raise self._run_error(mismatch.__cause__) from mismatch.__cause__
+            raise translate(exc, "bind", subject=subject, name=subject.split(" ", 1)[1][1:-1]) from exc
+
+        if bound_outputs:
+            order = self._stream_order
+            state = order.before() if order is not None else None
+            try:
+                self._c_session.run_with_iobinding(binding, self._run_options)
+            except Exception as exc:
+                self._local.binding = None  # a failed run may leave the binding half-bound
+                retry = [
+                    s for s in slots if s.predicted and s.shape is not None and not (buffers and s.name in buffers)
+                ]
+                if first_attempt is None and retry and is_output_refusal(exc):
+                    loose = [replace(s, shape=None) if s in retry else s for s in slots]
+                    results = self._execute(tensors, signature, plan, loose, key, buffers, first_attempt=exc)
+                    self._learn(signature, plan, retry, results)
+                    return results
+                error = translate(exc, "run")
+                if first_attempt is not None:
+                    error = RunError(f"{error} (first attempt: {str(first_attempt).strip()})", kind="run")
+                raise error from exc
+            finally:
+                if order is not None and state is not None:
+                    order.after(state)
         # `tensors` (and any copies made in _collect) stay referenced by the caller's frame until
         # here, so no input memory was released while ORT read it.
 
         if pending:
             values = binding.get_outputs()  # a view into the binding: convert before clearing it
             produced = [
-                _binding.tensor_from_ortvalue(values[p], self._spec.outputs[i], self._device) for p, i, _ in pending
+                _binding.tensor_from_ortvalue(values[position], self._spec.outputs[slot.index], self._device)
+                for position, slot, _ in pending
             ]
             del values
             # The binding holds a reference to what ORT allocated; drop it so the memory lives
             # exactly as long as the caller's tensors, not until this thread's next call.
             binding.clear_binding_outputs()
             self._local.outputs = None
-            for (_, index, buffer), tensor in zip(pending, produced):
-                spec = self._spec.outputs[index]
-                if buffer is not None and tensor.shape != buffer.shape:
-                    raise ShapeError(
-                        f"output {spec.name!r}: the run produced shape {format_shape(tensor.shape)}, "
-                        f"not the expected {format_shape(buffer.shape)}"
-                    )
-                results[spec.name] = tensor if buffer is None else buffer
+            for (_, slot, buffer), value in zip(pending, produced):
+                if buffer is not None:
+                    if value.shape != buffer.shape:
+                        raise ShapeError(
+                            f"out {slot.name!r}: the run produced shape {format_shape(value.shape)}, "
+                            f"not the expected {format_shape(buffer.shape)}",
+                            kind="out",
+                            name=slot.name,
+                        )
+                    if buffer.numel():  # a prediction being checked: ORT wrote its own memory
+                        buffer.copy_(value)
+                results[slot.name] = value if buffer is None else buffer
+            if probing:
+                self._learn(signature, plan, [s for _, s, _ in pending if s.predicted and s.shape is not None], results)
+        for slot, buffer in passthrough:
+            source = tensors[slot.passthrough] if slot.passthrough is not None else None
+            assert source is not None
+            results[slot.name] = source.clone() if buffer is None else buffer.copy_(source)
+        if buffers:
+            torch.autograd.graph.increment_version(tuple(buffers.values()))
         return results
-
-    def _retry(
-        self,
-        tensors: Sequence[torch.Tensor],
-        signature: tuple[torch.Size, ...],
-        indices: Sequence[int],
-        entries: Sequence[OutputPlan],
-        buffers: Mapping[str, torch.Tensor] | None,
-        cause: BaseException | None,
-    ) -> dict[str, torch.Tensor]:
-        """Rerun with the predicted (rule b/c) outputs left to ORT; demote the ones that were wrong."""
-        loose = [
-            OutputPlan(e.name, Rule.ORT, None, "predicted shape proved wrong")
-            if e.rule in (Rule.DECLARED, Rule.INFERRED) and not (buffers and e.name in buffers)
-            else e
-            for e in entries
-        ]
-        try:
-            results = self._execute(tensors, indices, loose, buffers, speculative=False)
-        except RunError as exc:
-            raise RunError(f"{exc} (first attempt: {str(cause).strip()})") from exc
-        known = self._plans.get(signature)
-        plan = list(known.outputs if known is not None else self._plan(signature).outputs)
-        changed = False
-        for index, entry in zip(indices, entries):
-            if entry.rule not in (Rule.DECLARED, Rule.INFERRED):
-                continue
-            actual = tuple(results[entry.name].shape)
-            if actual != entry.shape:
-                assert entry.shape is not None
-                reason = (
-                    f"{'declared' if entry.rule is Rule.DECLARED else 'inferred'} shape "
-                    f"{format_shape(entry.shape)} proved wrong at run time (ORT produced {format_shape(actual)})"
-                )
-                _log.info("output %r: %s; ORT allocates it for this input signature", entry.name, reason)
-                plan[index] = OutputPlan(entry.name, Rule.ORT, None, reason)
-                changed = True
-        if changed:
-            self._remember(signature, tuple(plan))
-        return results
-
-    @staticmethod
-    def _unsupported_output_message(spec: TensorSpec) -> str:
-        return (
-            f"output {spec.name!r}: {spec.unsupported}; request the other outputs with run(feeds, output_names=[...])"
-        )
-
-
-@dataclass(frozen=True)
-class _SignaturePlan:
-    """What one input signature needs: each output's plan, and the lean path when it applies.
-
-    Attributes:
-        outputs: One plan per model output.
-        fast: (name, elem type, shape, dtype) per output when ortbind allocates every output
-            with a non-empty shape, else ``None``.
-        guessed: Whether any output relies on a declared or inferred shape (worth a retry).
-    """
-
-    outputs: tuple[OutputPlan, ...]
-    fast: tuple[tuple[str, int, tuple[int, ...], torch.dtype], ...] | None
-    guessed: bool
 
 
 def _as_shape(dims: object) -> tuple[int, ...] | None:
@@ -673,11 +810,7 @@ def _as_shape(dims: object) -> tuple[int, ...] | None:
             size = operator.index(dim)
         except TypeError:
             return None
-        if size < 0:
+        if size < 0 or size >= 1 << 63:
             return None
         shape.append(size)
     return tuple(shape)
-
-
-class _ShapeMismatchError(Exception):
-    """Internal: ORT refused a buffer whose shape ortbind predicted; the run is retried."""

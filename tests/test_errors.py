@@ -86,7 +86,8 @@ def test_dtype_mismatch_is_never_cast(sess: ortbind.TorchSession) -> None:
         "input 'sample': expected dtype torch.float16 (ONNX FLOAT16), got torch.float32; cast with .to(torch.float16)",
     ) as info:
         sess.run(feeds(sample=torch.randn(2, 3, 4, 5)))  # type: ignore[arg-type]
-    assert isinstance(info.value, TypeError) and isinstance(info.value, ValueError)
+    assert isinstance(info.value, TypeError)
+    assert (info.value.kind, info.value.name) == ("input", "sample")
     with raises(
         ortbind.DTypeError,
         "input 'step': expected dtype torch.int64 (ONNX INT64), got torch.int32; cast with .to(torch.int64)",
@@ -113,9 +114,9 @@ def test_rank_and_fixed_dims(sess: ortbind.TorchSession) -> None:
 def test_wrong_device_is_never_moved(sess: ortbind.TorchSession) -> None:
     meta = torch.empty(2, 3, 4, 5, dtype=torch.float16, device="meta")
     with raises(
-        ortbind.DeviceError,
-        "input 'sample': expected a tensor on cpu (the session's device), got meta; move it with .to('cpu') "
-        "or create the session with device='meta'",
+        ortbind.InputError,
+        "input 'sample': it is a meta tensor (shape and dtype only, no memory); ONNX Runtime needs a tensor "
+        "backed by real memory, e.g. torch.empty(...) or .clone() of a real tensor, outside fake/meta tracing",
     ):
         sess.run(feeds(sample=meta))  # type: ignore[arg-type]
 
@@ -160,27 +161,27 @@ def test_out_buffer_errors(sess: ortbind.TorchSession) -> None:
     ):
         sess.run(good, out={"y": torch.empty(2, 3, 5, 4, dtype=torch.float16)})  # type: ignore[arg-type]
     with raises(
-        ortbind.InputError,
-        "out 'y': buffer is not contiguous (shape (2, 3, 4, 5), strides (60, 20, 1, 4)); "
-        "ORT writes it as one block, pass a contiguous tensor",
+        ortbind.OutputError,
+        "out 'y': buffer cannot be written as it is: tensor is not contiguous (shape (2, 3, 4, 5), "
+        "strides (60, 20, 1, 4)); pass a fresh buffer from torch.empty(...)",
     ):
         sess.run(good, out={"y": torch.empty(2, 3, 5, 4, dtype=torch.float16).transpose(2, 3)})  # type: ignore[arg-type]
-    with raises(ortbind.InputError, "out 'q': the model has no such output; its outputs are 'y', 't'"):
+    with raises(ortbind.OutputError, "out 'q': the model has no such output; its outputs are 'y', 't'"):
         sess.run(good, out={"q": y})  # type: ignore[arg-type]
-    with raises(ortbind.InputError, "out 'y': not among output_names of this call; add it there or drop the buffer"):
+    with raises(ortbind.OutputError, "out 'y': not among output_names of this call; add it there or drop the buffer"):
         sess.run(good, ["t"], out={"y": y})  # type: ignore[arg-type]
 
 
 def test_out_buffers_must_not_alias(sess: ortbind.TorchSession) -> None:
     good = feeds()
     with raises(
-        ortbind.InputError,
+        ortbind.OutputError,
         "out 'y': buffer overlaps input 'sample' in memory; outputs need memory of their own, pass a separate tensor",
     ):
         sess.run(good, out={"y": good["sample"]})  # type: ignore[arg-type]
     block = torch.empty(2 * 3 * 4 * 5 + 10, dtype=torch.float16)
     with raises(
-        ortbind.InputError,
+        ortbind.OutputError,
         "out 'y': buffer overlaps out 't' in memory; outputs need memory of their own, pass a separate tensor",
     ):
         sess.run(good, out={"y": block[:120].view(2, 3, 4, 5), "t": block[110:130].view(5, 4)})  # type: ignore[arg-type]
@@ -188,11 +189,11 @@ def test_out_buffers_must_not_alias(sess: ortbind.TorchSession) -> None:
 
 def test_output_selection_errors(sess: ortbind.TorchSession) -> None:
     good = feeds()
-    with raises(ortbind.InputError, "output 'q': the model has no such output; its outputs are 'y', 't'"):
+    with raises(ortbind.OutputError, "output 'q': the model has no such output; its outputs are 'y', 't'"):
         sess.run(good, ["q"])  # type: ignore[arg-type]
-    with raises(ortbind.InputError, "output_names: ['y', 'y'] names an output twice"):
+    with raises(ortbind.OutputError, "output_names: ['y', 'y'] names an output twice"):
         sess.run(good, ["y", "y"])  # type: ignore[arg-type]
-    with raises(ortbind.InputError, "output_names: expected a sequence of names, got the string 'y'; pass ['y']"):
+    with raises(ortbind.OutputError, "output_names: expected a sequence of names, got the string 'y'; pass ['y']"):
         sess.run(good, "y")  # type: ignore[arg-type]
     with raises(ortbind.ShapeError, "output_shapes['t']: not among the outputs of this call ('y')"):
         sess.run(good, ["y"], output_shapes={"t": (5, 4)})  # type: ignore[arg-type]
@@ -280,10 +281,10 @@ def test_model_loading_errors(tmp_path: Path) -> None:
 
 
 def test_bad_devices() -> None:
-    with raises(ortbind.DeviceError, "device 'mps': ortbind runs on 'cpu' or 'cuda[:N]'; pass one of those"):
+    with raises(ortbind.ConfigError, "device 'mps': ortbind runs on 'cpu' or 'cuda[:N]'; pass one of those"):
         ortbind.TorchSession(MODEL, "mps")
     with pytest.raises(
-        ortbind.DeviceError, match=r"^device 'gpu0': not a device \(.*\); pass 'cpu', 'cuda' or 'cuda:N'$"
+        ortbind.ConfigError, match=r"^device 'gpu0': not a device \(.*\); pass 'cpu', 'cuda' or 'cuda:N'$"
     ):
         ortbind.TorchSession(MODEL, "gpu0")
 
@@ -291,7 +292,9 @@ def test_bad_devices() -> None:
 def test_every_error_is_an_ortbind_error_and_a_builtin() -> None:
     for error, builtin in [
         (ortbind.ModelError, ValueError),
+        (ortbind.ConfigError, ValueError),
         (ortbind.InputError, ValueError),
+        (ortbind.OutputError, ValueError),
         (ortbind.DTypeError, TypeError),
         (ortbind.ShapeError, ValueError),
         (ortbind.DeviceError, ValueError),

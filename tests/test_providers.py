@@ -61,7 +61,7 @@ def test_provider_options_merge_over_inline_ones() -> None:
 
 def test_provider_argument_errors() -> None:
     with pytest.raises(
-        ortbind.DeviceError,
+        ortbind.ConfigError,
         match=re.escape(
             "provider_options['CUDAExecutionProvider']['device_id'] is 1, but device is cuda:0; "
             "make them agree or leave device_id out"
@@ -69,7 +69,7 @@ def test_provider_argument_errors() -> None:
     ):
         plan_providers("cuda:0", None, {CUDA: {"device_id": 1}})
     with pytest.raises(
-        ortbind.DeviceError,
+        ortbind.ConfigError,
         match=re.escape(
             "providers: expected a list of provider names, got the string 'CPUExecutionProvider'; "
             "pass ['CPUExecutionProvider']"
@@ -77,7 +77,7 @@ def test_provider_argument_errors() -> None:
     ):
         plan_providers(None, CPU, None)  # type: ignore[arg-type]
     with pytest.raises(
-        ortbind.DeviceError,
+        ortbind.ConfigError,
         match=re.escape(
             "provider_options['CUDAExecutionProvider']: CUDAExecutionProvider is not among providers "
             "['CPUExecutionProvider']; add it there"
@@ -85,14 +85,14 @@ def test_provider_argument_errors() -> None:
     ):
         plan_providers(None, [CPU], {CUDA: {}})
     with pytest.raises(
-        ortbind.DeviceError, match=re.escape("providers: expected names or (name, options) pairs, got 3")
+        ortbind.ConfigError, match=re.escape("providers: expected names or (name, options) pairs, got 3")
     ):
         plan_providers(None, [3], None)  # type: ignore[list-item]
 
 
 @needs_no_cuda
 def test_cuda_request_without_cuda_raises(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("ortbind._session.diagnose", lambda p: f"<why {p}>")
+    monkeypatch.setattr("ortbind._loader.diagnose", lambda p: f"<why {p}>")
     torch_part = ""
     if not torch.cuda.is_available():
         build = "a CPU-only build" if torch.version.cuda is None else "unable to see a GPU"
@@ -146,7 +146,7 @@ def test_cpu_session_reports_its_providers() -> None:
 
 def test_cuda_device_without_a_gpu_provider_is_refused() -> None:
     with pytest.raises(
-        ortbind.DeviceError,
+        ortbind.ConfigError,
         match=re.escape(
             "device cuda:0: needs a CUDA or TensorRT provider, but providers are ['CPUExecutionProvider']; "
             "add 'CUDAExecutionProvider' or use device='cpu'"

@@ -9,6 +9,7 @@ def test_public_names_are_locked() -> None:
     assert sorted(ortbind.__all__) == sorted(
         [
             "ELEMENT_TYPES",
+            "ConfigError",
             "CopyWarning",
             "DTypeError",
             "DeviceError",
@@ -18,6 +19,7 @@ def test_public_names_are_locked() -> None:
             "ModelSpec",
             "OrtbindError",
             "OrtbindWarning",
+            "OutputError",
             "OutputPlan",
             "ProviderError",
             "ProviderFallbackWarning",
