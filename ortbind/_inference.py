@@ -1,8 +1,9 @@
 """Rule (c): ONNX shape inference on concrete input shapes.
 
-A trimmed copy of the graph (the skeleton) is made once: large or external initializers become
-typed graph inputs, so no weight bytes are copied or serialized per call, while small integer
-initializers (reshape targets, slice bounds) keep their values for data propagation. Declared
+A trimmed copy of the graph (the skeleton) is made once: large or external initializers, and
+Constant nodes holding large tensors, become typed graph inputs, so no weight bytes are copied or
+serialized per call, while small integer initializers (reshape targets, slice bounds) keep their
+values for data propagation. Declared
 output and intermediate shapes are cleared so a wrong declaration cannot veto the inference.
 """
 
@@ -51,6 +52,21 @@ def _is_external(tensor: onnx.TensorProto) -> bool:
     return tensor.data_location == onnx.TensorProto.EXTERNAL
 
 
+def _keeps_values(tensor: onnx.TensorProto) -> bool:
+    """Whether shape inference may need this constant's values (a small integer shape tensor)."""
+    return tensor.data_type in _INTEGER_TYPES and _numel(tensor) <= _KEEP_MAX_ELEMENTS and not _is_external(tensor)
+
+
+def _large_constant(node: onnx.NodeProto) -> onnx.TensorProto | None:
+    """The value of a Constant node that holds a tensor not worth keeping, else ``None``."""
+    if node.op_type != "Constant" or node.domain not in ("", "ai.onnx") or len(node.output) != 1:
+        return None
+    for attribute in node.attribute:
+        if attribute.name == "value" and attribute.type == onnx.AttributeProto.TENSOR:
+            return None if _keeps_values(attribute.t) else attribute.t
+    return None
+
+
 def _make_skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     # Field by field rather than CopyFrom: a model loaded from bytes carries its weights inline,
     # and copying them only to drop them would double peak memory.
@@ -60,13 +76,20 @@ def _make_skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     skeleton.functions.extend(model.functions)
     source, graph = model.graph, skeleton.graph
     graph.name = source.name
-    graph.node.extend(source.node)
+    for node in source.node:
+        value = _large_constant(node)
+        if value is None:
+            graph.node.append(node)
+        else:
+            # A weight stored as a Constant node: its values never decide a shape, so a typed
+            # graph input of the same name stands in for it.
+            graph.input.append(onnx.helper.make_tensor_value_info(node.output[0], value.data_type, list(value.dims)))
     graph.input.extend(source.input)
     graph.output.extend(source.output)
     graph.sparse_initializer.extend(source.sparse_initializer)
     declared = {value.name for value in source.input}
     for tensor in source.initializer:
-        if tensor.data_type in _INTEGER_TYPES and _numel(tensor) <= _KEEP_MAX_ELEMENTS and not _is_external(tensor):
+        if _keeps_values(tensor):
             graph.initializer.append(tensor)
         elif tensor.name not in declared:  # an overridable initializer is already typed as an input
             graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))

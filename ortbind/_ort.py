@@ -11,11 +11,12 @@ outputs whose shapes it had predicted. They are tested against each supported OR
 
 from __future__ import annotations
 
+import re
 from typing import Final
 
 from .errors import ConfigError, ModelError, OrtbindError, RunError
 
-__all__ = ["NOT_REFUSALS", "OUTPUT_REFUSALS", "is_output_refusal", "translate"]
+__all__ = ["NOT_REFUSALS", "OUTPUT_REFUSALS", "is_output_refusal", "refused_output", "translate"]
 
 OUTPUT_REFUSALS: Final = (
     # OpKernelContext::OutputMLValue: "The output OrtValue provided for output 'y' of node ... has
@@ -45,6 +46,17 @@ def is_output_refusal(exc: BaseException) -> bool:
     """Whether ORT refused a caller-allocated output because of its shape."""
     text = str(exc)
     return any(s in text for s in OUTPUT_REFUSALS) and not any(s in text for s in NOT_REFUSALS)
+
+
+_NAMED: Final = re.compile(r"provided for output '([^']*)'|for output: (\S+) (?:for|Got)")
+
+
+def refused_output(exc: BaseException) -> str | None:
+    """The output a refusal names, where its spelling names one."""
+    match = _NAMED.search(str(exc))
+    if match is None:
+        return None
+    return match.group(1) if match.group(1) is not None else match.group(2)
 
 
 def _ort_text(exc: BaseException) -> str:

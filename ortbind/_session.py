@@ -25,7 +25,7 @@ import torch
 from . import _binding, _loader
 from ._inference import ShapeInferencer
 from ._metadata import ModelSource, ModelSpec, TensorSpec, read_spec
-from ._ort import is_output_refusal, translate
+from ._ort import is_output_refusal, refused_output, translate
 from ._providers import ProviderSpec
 from ._shapes import OutputPlan, Rule, ShapeProgram, format_dims, format_shape
 from .errors import ConfigError, InputError, ModelError, OutputError, RunError, ShapeError
@@ -239,12 +239,17 @@ class TorchSession:
         self._session = loaded.session
         self._c_session = loaded.session._sess
         ort_inputs = [i.name for i in loaded.session.get_inputs()]
-        if ort_inputs != [s.name for s in specs.inputs]:
-            raise ModelError(
-                f"model: its graph declares inputs {[s.name for s in specs.inputs]} but ONNX "
-                f"Runtime reports {ort_inputs}; the model file is inconsistent",
-                kind="model",
-            )
+        ort_outputs = [o.name for o in loaded.session.get_outputs()]
+        for what, ours, theirs in (
+            ("inputs", [s.name for s in specs.inputs], ort_inputs),
+            ("outputs", [s.name for s in specs.outputs], ort_outputs),
+        ):
+            if ours != theirs:
+                raise ModelError(
+                    f"model: its graph declares {what} {ours} but the ONNX Runtime session has {theirs}; "
+                    f"the model file is inconsistent, or another model was passed to from_session(model=...)",
+                    kind="model",
+                )
         if max_output_bytes is not None and (
             isinstance(max_output_bytes, bool) or not isinstance(max_output_bytes, int) or max_output_bytes <= 0
         ):
@@ -438,7 +443,7 @@ class TorchSession:
                 or (not t.is_cuda or t.get_device() != cuda_index if cuda_index >= 0 else not t.is_cpu)
                 or not t.is_contiguous()
                 or t.is_neg()
-                or t.data_ptr() % align
+                or _address(t) % align
                 or not t.data_ptr()
             ):
                 t = _binding.check_input(
@@ -539,13 +544,32 @@ class TorchSession:
         plan: _SignaturePlan,
         predicted: Sequence[_Slot],
         results: Mapping[str, torch.Tensor],
+        refusal: BaseException | None = None,
     ) -> None:
-        """Record what a run that let ORT allocate predicted outputs showed about the predictions."""
+        """Record what a run that let ORT allocate predicted outputs showed about the predictions.
+
+        After a refusal where every prediction proved right, ORT's own check disagrees with the
+        true shape (it infers 0 for a dim of ONNX Attention-23, say): the output it names (or, if
+        it names none, every retried one) is left to ORT for this signature, so later calls do not
+        pay for a refused run each time.
+        """
         outputs = list(plan.outputs)
-        for slot in predicted:
+        wrong = [s for s in predicted if tuple(results[s.name].shape) != s.shape]
+        if refusal is not None and not wrong:
+            named = refused_output(refusal)
+            for slot in predicted:
+                if named is None or slot.name == named:
+                    outputs[slot.index] = OutputPlan(
+                        slot.name,
+                        Rule.ORT,
+                        None,
+                        f"ONNX Runtime refuses a caller-allocated buffer of the right shape "
+                        f"{format_shape(results[slot.name].shape)} for it",
+                    )
+            self._remember(signature, tuple(outputs), verified=True)
+            return
+        for slot in wrong:
             actual = tuple(results[slot.name].shape)
-            if actual == slot.shape:
-                continue
             entry = outputs[slot.index]
             assert slot.shape is not None
             reason = (
@@ -752,7 +776,7 @@ class TorchSession:
                 if first_attempt is None and retry and is_output_refusal(exc):
                     loose = [replace(s, shape=None) if s in retry else s for s in slots]
                     results = self._execute(tensors, signature, plan, loose, key, buffers, first_attempt=exc)
-                    self._learn(signature, plan, retry, results)
+                    self._learn(signature, plan, retry, results, refusal=exc)
                     return results
                 error = translate(exc, "run")
                 if first_attempt is not None:
@@ -796,6 +820,14 @@ class TorchSession:
         if buffers:
             torch.autograd.graph.increment_version(tuple(buffers.values()))
         return results
+
+
+def _address(tensor: torch.Tensor) -> int:
+    """``tensor.data_ptr()``, or 1 (fails every alignment test) where torch refuses to give one."""
+    try:
+        return int(tensor.data_ptr())
+    except RuntimeError:  # functionalized and other storage-less tensors
+        return 1
 
 
 def _as_shape(dims: object) -> tuple[int, ...] | None:
