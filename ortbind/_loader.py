@@ -18,7 +18,7 @@ import onnxruntime as ort
 import torch
 
 from ._metadata import ModelSource, load_model
-from ._ort import translate
+from ._ort import from_ort, translate
 from ._providers import (
     CUDA_GRAPH_OPTIONS,
     GPU_PROVIDERS,
@@ -71,6 +71,8 @@ def _create(source: str | bytes, where: str, options: ort.SessionOptions | None,
     try:
         return ort.InferenceSession(source, sess_options=options, providers=providers)
     except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
+        if not from_ort(exc):
+            raise
         raise translate(exc, "create", subject=where) from exc
 
 

@@ -16,7 +16,7 @@ from typing import Final
 
 from .errors import ConfigError, ModelError, OrtbindError, RunError
 
-__all__ = ["NOT_REFUSALS", "OUTPUT_REFUSALS", "is_output_refusal", "refused_output", "translate"]
+__all__ = ["NOT_REFUSALS", "OUTPUT_REFUSALS", "from_ort", "is_output_refusal", "refused_output", "translate"]
 
 OUTPUT_REFUSALS: Final = (
     # OpKernelContext::OutputMLValue: "The output OrtValue provided for output 'y' of node ... has
@@ -40,6 +40,14 @@ NOT_REFUSALS: Final = (
     # not a verdict on a caller's buffer, and rerunning would not help.
     "attempting to re-use buffer",
 )
+
+
+def from_ort(exc: BaseException) -> bool:
+    """Whether ``exc`` came out of ONNX Runtime (its own types, or pybind's RuntimeError family).
+
+    Anything else (a bug in ortbind, a KeyboardInterrupt) propagates untranslated.
+    """
+    return type(exc).__module__.startswith("onnxruntime") or isinstance(exc, (RuntimeError, ValueError, TypeError))
 
 
 def is_output_refusal(exc: BaseException) -> bool:

@@ -8,7 +8,6 @@ can be worked out once per input signature is, as a tuple of output slots.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import operator
 import os
@@ -25,10 +24,10 @@ import torch
 from . import _binding, _loader
 from ._inference import ShapeInferencer
 from ._metadata import ModelSource, ModelSpec, TensorSpec, read_spec
-from ._ort import is_output_refusal, refused_output, translate
+from ._ort import from_ort, is_output_refusal, refused_output, translate
 from ._providers import ProviderSpec
 from ._shapes import OutputPlan, Rule, ShapeProgram, format_dims, format_shape
-from .errors import ConfigError, InputError, ModelError, OutputError, RunError, ShapeError
+from .errors import ConfigError, InputError, ModelError, OrtbindError, OutputError, RunError, ShapeError
 
 __all__ = ["TorchSession"]
 
@@ -42,17 +41,24 @@ PLAN_CACHE_SIZE = 4096
 class _Slot:
     """One output of one call, worked out ahead: how it is allocated and bound.
 
+    The common output has ``shape`` set and nothing else to do: ortbind allocates it and binds it
+    by pointer. Every other case (ORT allocates, an empty tensor, a pass-through, an unsupported
+    type, a caller's buffer) has ``shape=None`` and takes the longer branch.
+
     Attributes:
         index: Position among the model's outputs.
         name: Its name.
         elem_type: ONNX element type int, as bound.
         dtype: Its torch dtype (``None`` for an output ortbind cannot bind).
-        shape: The shape ortbind allocates, or ``None`` when ORT allocates it.
-        predicted: The shape comes from declared dims or inference (rules b/c), so ORT may refuse
-            it; a refusal reruns the call with ORT allocating this output.
+        shape: The non-empty shape ortbind allocates and binds, or ``None``.
+        expected: The shape the plan resolved (what an ``out=`` buffer must have and what a
+            verifying run compares against), or ``None`` when it is unknown ahead.
+        predicted: ``expected`` comes from declared dims or inference (rules b/c), so ORT may
+            refuse it; a refusal reruns the call with ORT allocating this output.
         passthrough: Index of the input this output is (a graph output named like an input), or
             ``None``. ORT neither writes a bound buffer for it nor copies it when it allocates.
         problem: Why it cannot be produced (an unsupported type), or ``None``.
+        sizes: What ``torch.empty(*sizes)`` takes to allocate ``shape`` (derived).
     """
 
     index: int
@@ -60,9 +66,15 @@ class _Slot:
     elem_type: int
     dtype: torch.dtype | None
     shape: tuple[int, ...] | None
+    expected: tuple[int, ...] | None
     predicted: bool
     passthrough: int | None
     problem: str | None
+    sizes: tuple[Any, ...] = ()
+
+    def __post_init__(self) -> None:
+        # torch.empty parses sizes given as separate ints faster than one tuple; a scalar's are ((),).
+        object.__setattr__(self, "sizes", (self.shape or ((),)) if self.shape is not None else ())
 
 
 @dataclass(frozen=True)
@@ -406,7 +418,14 @@ class TorchSession:
             RunError: ONNX Runtime failed; its message is kept.
         """
         tensors, signature = self._collect(feeds)
-        plan = self._lookup(signature)
+        plan = self._plans.get(signature)
+        if plan is None:
+            plan = self._plan(signature)
+        else:
+            try:
+                self._plans.move_to_end(signature)  # least recently used goes first
+            except KeyError:  # evicted by another thread just now; the plan in hand is still right
+                self._remember(signature, plan.outputs, verified=plan.verified)
         if output_names is None and out is None and output_shapes is None:
             return self._execute(tensors, signature, plan, plan.slots, self._all_outputs, None)
         indices = self._all_outputs if output_names is None else self._select(output_names)
@@ -436,16 +455,20 @@ class TorchSession:
                 ) from None
             # The common case passes these cheap tests; anything else takes the checked path,
             # which raises (or copies, with allow_copy) with a message saying why.
-            if (
-                type(t) is not plain
-                or t.dtype is not dtype
-                or t.layout is not strided
-                or (not t.is_cuda or t.get_device() != cuda_index if cuda_index >= 0 else not t.is_cpu)
-                or not t.is_contiguous()
-                or t.is_neg()
-                or _address(t) % align
-                or not t.data_ptr()
-            ):
+            try:
+                common = (
+                    type(t) is plain
+                    and t.dtype is dtype
+                    and t.layout is strided
+                    and (t.is_cuda and t.get_device() == cuda_index if cuda_index >= 0 else t.is_cpu)
+                    and t.is_contiguous()
+                    and not t.is_neg()
+                    and (address := t.data_ptr()) != 0
+                    and not address % align
+                )
+            except RuntimeError:  # data_ptr() of a functionalized or other storage-less tensor
+                common = False
+            if not common:
                 t = _binding.check_input(
                     name, self._spec.inputs[self._input_index[name]], t, self._device, self._allow_copy
                 )
@@ -469,14 +492,8 @@ class TorchSession:
     # ------------------------------------------------------------------ plans
 
     def _lookup(self, signature: tuple[torch.Size, ...]) -> _SignaturePlan:
-        plans = self._plans
-        plan = plans.get(signature)
-        if plan is None:
-            return self._plan(signature)
-        # KeyError: evicted by another thread just now; the plan in hand is still right.
-        with contextlib.suppress(KeyError):
-            plans.move_to_end(signature)
-        return plan
+        plan = self._plans.get(signature)
+        return self._plan(signature) if plan is None else plan
 
     def _plan(self, signature: tuple[torch.Size, ...]) -> _SignaturePlan:
         entries = list(self._program.plan([tuple(s) for s in signature], infer=self._inferencer))
@@ -513,23 +530,33 @@ class TorchSession:
         _log.info("output %r: %s; ORT allocates it", entry.name, reason)
         return OutputPlan(entry.name, Rule.ORT, None, reason)
 
-    def _slot(self, index: int, entry: OutputPlan) -> _Slot:
+    def _slot(self, index: int, entry: OutputPlan, *, verified: bool) -> _Slot:
         spec = self._spec.outputs[index]
+        predicted = entry.rule is Rule.DECLARED or entry.rule is Rule.INFERRED
+        passthrough = self._passthrough[index]
+        bindable = (
+            entry.shape is not None
+            and 0 not in entry.shape
+            and passthrough is None
+            and spec.unsupported is None
+            and (verified or not predicted)  # an unverified prediction is checked by letting ORT allocate
+        )
         return _Slot(
             index,
             spec.name,
             spec.elem_type,
             spec.dtype,
+            entry.shape if bindable else None,
             entry.shape,
-            entry.rule is Rule.DECLARED or entry.rule is Rule.INFERRED,
-            self._passthrough[index],
+            predicted,
+            passthrough,
             spec.unsupported,
         )
 
     def _remember(
         self, signature: tuple[torch.Size, ...], outputs: tuple[OutputPlan, ...], *, verified: bool
     ) -> _SignaturePlan:
-        slots = tuple(self._slot(i, entry) for i, entry in enumerate(outputs))
+        slots = tuple(self._slot(i, entry, verified=verified) for i, entry in enumerate(outputs))
         plan = _SignaturePlan(outputs, slots, verified)
         with self._plans_lock:
             self._plans[signature] = plan
@@ -554,7 +581,7 @@ class TorchSession:
         pay for a refused run each time.
         """
         outputs = list(plan.outputs)
-        wrong = [s for s in predicted if tuple(results[s.name].shape) != s.shape]
+        wrong = [s for s in predicted if tuple(results[s.name].shape) != s.expected]
         if refusal is not None and not wrong:
             named = refused_output(refusal)
             for slot in predicted:
@@ -571,10 +598,10 @@ class TorchSession:
         for slot in wrong:
             actual = tuple(results[slot.name].shape)
             entry = outputs[slot.index]
-            assert slot.shape is not None
+            assert slot.expected is not None
             reason = (
                 f"{'declared' if entry.rule is Rule.DECLARED else 'inferred'} shape "
-                f"{format_shape(slot.shape)} proved wrong at run time (ORT produced {format_shape(actual)})"
+                f"{format_shape(slot.expected)} proved wrong at run time (ORT produced {format_shape(actual)})"
             )
             _log.info("output %r: %s; ORT allocates it for this input signature", slot.name, reason)
             outputs[slot.index] = OutputPlan(slot.name, Rule.ORT, None, reason)
@@ -629,7 +656,8 @@ class TorchSession:
                     name=slot.name,
                 )
             self._within_limit(OutputPlan(slot.name, Rule.OVERRIDE, shape))
-            result.append(replace(slot, shape=shape, predicted=False))
+            bindable = 0 not in shape and slot.passthrough is None and slot.problem is None
+            result.append(replace(slot, shape=shape if bindable else None, expected=shape, predicted=False))
         return result
 
     def _check_out(
@@ -650,7 +678,7 @@ class TorchSession:
             spec = self._spec.outputs[slot.index]
             if slot.problem:
                 raise ModelError(self._unsupported_output_message(spec), kind="output", name=name)
-            buffers[name] = _binding.check_out_buffer(name, spec, value, self._device, slot.shape)
+            buffers[name] = _binding.check_out_buffer(name, spec, value, self._device, slot.expected)
         _binding.check_no_overlap(buffers.items(), ((s.name, t) for s, t in zip(self._spec.inputs, tensors)))
         return buffers
 
@@ -693,27 +721,30 @@ class TorchSession:
     ) -> dict[str, torch.Tensor]:
         """Bind, run, collect: every call goes through here, the common one with least to do.
 
-        A slot with a shape gets a buffer (the caller's or a fresh ``torch.empty``) bound by
-        pointer; a slot without one is left for ORT to allocate and comes back through DLPack.
+        A slot with a shape gets a fresh ``torch.empty`` bound by pointer; a caller's buffer is
+        bound as it is; anything else is left for ORT to allocate and comes back through DLPack.
         When ORT refuses a predicted shape, the call is rerun once with ORT allocating the
         predicted outputs, and the plan learns from what it produced.
         """
-        probing = not plan.verified and first_attempt is None
         binding = self._binding(key)
         device = self._ort_device
         empty = torch.empty
         kwargs = self._empty_kwargs
         results: dict[str, Any] = {}
-        pending: list[tuple[int, _Slot, torch.Tensor | None]] = []  # ORT allocates these
-        passthrough: list[tuple[_Slot, torch.Tensor | None]] = []
-        subject = ""
-        bound_outputs = 0
+        pending: list[tuple[int, _Slot, torch.Tensor | None]] | None = None  # ORT allocates these
+        passthrough: list[tuple[_Slot, torch.Tensor | None]] | None = None
+        position = 0  # outputs bound so far
         try:
             for (name, _, elem_type, _), tensor in zip(self._input_checks, tensors):
-                subject = f"input {name!r}"
                 binding.bind_input(name, device, elem_type, tensor.shape, tensor.data_ptr())
-            subject = ""
             for slot in slots:
+                shape = slot.shape
+                if shape is not None and buffers is None:
+                    fresh = empty(*slot.sizes, dtype=slot.dtype, **kwargs)
+                    binding.bind_output(slot.name, device, slot.elem_type, shape, fresh.data_ptr())
+                    results[slot.name] = fresh
+                    position += 1
+                    continue
                 name = slot.name
                 if slot.problem is not None:
                     raise ModelError(
@@ -721,58 +752,51 @@ class TorchSession:
                     )
                 buffer = buffers.get(name) if buffers else None
                 if slot.passthrough is not None:
+                    passthrough = passthrough or []
                     passthrough.append((slot, buffer))
                     results[name] = None
                     continue
-                shape = slot.shape
-                if shape is not None and not (probing and slot.predicted):
-                    if buffer is None:
-                        # Sizes as separate ints: torch parses them faster than one tuple.
-                        buffer = (
-                            empty(*shape, dtype=slot.dtype, **kwargs)
-                            if shape
-                            else empty((), dtype=slot.dtype, **kwargs)
-                        )
-                    if buffer.numel():
-                        subject = f"output {name!r}"
-                        binding.bind_output(name, device, slot.elem_type, shape, buffer.data_ptr())
-                        results[name] = buffer
-                        bound_outputs += 1
-                        continue
+                if buffer is None and shape is not None:
+                    buffer = empty(shape, dtype=slot.dtype, **kwargs)
+                if buffer is not None and buffer.numel() and (shape is not None or not slot.predicted):
+                    binding.bind_output(name, device, slot.elem_type, buffer.shape, buffer.data_ptr())
+                    results[name] = buffer
+                    position += 1
+                    continue
                 # ORT allocates: the shape is unknown ahead, the tensor is empty (torch gives
                 # empty tensors a null pointer, which ORT refuses to bind), or a prediction is
-                # being checked.
-                if buffer is None and shape is None and not self._dlpack_ok[slot.index]:
-                    entry = plan.outputs[slot.index]
+                # being checked (a caller's buffer then receives a copy of what ORT produced).
+                if buffer is None and slot.expected is None and not self._dlpack_ok[slot.index]:
                     raise ShapeError(
                         f"output {name!r}: its shape cannot be resolved before the run "
-                        f"({entry.reason or 'no rule applies'}), and ONNX Runtime cannot hand "
+                        f"({plan.outputs[slot.index].reason or 'no rule applies'}), and ONNX Runtime cannot hand "
                         f"{self._spec.outputs[slot.index].elem_type_name} tensors over through DLPack; pass "
                         f"output_shapes={{{name!r}: (...)}} or out={{{name!r}: buffer}}",
                         kind="output",
                         name=name,
                     )
-                subject = f"output {name!r}"
                 binding.bind_output(name, device)
                 results[name] = None
-                pending.append((bound_outputs, slot, buffer))
-                bound_outputs += 1
+                pending = pending or []
+                pending.append((position, slot, buffer))
+                position += 1
         except Exception as exc:
             self._local.binding = None  # half-bound: the next call starts a fresh one
-            if not subject:
+            if isinstance(exc, OrtbindError) or not from_ort(exc):
                 raise
-            raise translate(exc, "bind", subject=subject, name=subject.split(" ", 1)[1][1:-1]) from exc
+            kind, name = self._bind_failure(tensors, slots, buffers)
+            raise translate(exc, "bind", subject=f"{kind} {name!r}", name=name) from exc
 
-        if bound_outputs:
+        if position:
             order = self._stream_order
             state = order.before() if order is not None else None
             try:
                 self._c_session.run_with_iobinding(binding, self._run_options)
             except Exception as exc:
                 self._local.binding = None  # a failed run may leave the binding half-bound
-                retry = [
-                    s for s in slots if s.predicted and s.shape is not None and not (buffers and s.name in buffers)
-                ]
+                retry = [s for s in slots if s.shape is not None and s.predicted]
+                if not from_ort(exc):
+                    raise
                 if first_attempt is None and retry and is_output_refusal(exc):
                     loose = [replace(s, shape=None) if s in retry else s for s in slots]
                     results = self._execute(tensors, signature, plan, loose, key, buffers, first_attempt=exc)
@@ -783,51 +807,71 @@ class TorchSession:
                     error = RunError(f"{error} (first attempt: {str(first_attempt).strip()})", kind="run")
                 raise error from exc
             finally:
-                if order is not None and state is not None:
-                    order.after(state)
+                if state is not None:
+                    order.after(state)  # type: ignore[union-attr]
         # `tensors` (and any copies made in _collect) stay referenced by the caller's frame until
         # here, so no input memory was released while ORT read it.
 
         if pending:
-            values = binding.get_outputs()  # a view into the binding: convert before clearing it
-            produced = [
-                _binding.tensor_from_ortvalue(values[position], self._spec.outputs[slot.index], self._device)
-                for position, slot, _ in pending
-            ]
-            del values
-            # The binding holds a reference to what ORT allocated; drop it so the memory lives
-            # exactly as long as the caller's tensors, not until this thread's next call.
-            binding.clear_binding_outputs()
-            self._local.outputs = None
-            for (_, slot, buffer), value in zip(pending, produced):
-                if buffer is not None:
-                    if value.shape != buffer.shape:
-                        raise ShapeError(
-                            f"out {slot.name!r}: the run produced shape {format_shape(value.shape)}, "
-                            f"not the expected {format_shape(buffer.shape)}",
-                            kind="out",
-                            name=slot.name,
-                        )
-                    if buffer.numel():  # a prediction being checked: ORT wrote its own memory
-                        buffer.copy_(value)
-                results[slot.name] = value if buffer is None else buffer
-            if probing:
-                self._learn(signature, plan, [s for _, s, _ in pending if s.predicted and s.shape is not None], results)
-        for slot, buffer in passthrough:
-            source = tensors[slot.passthrough] if slot.passthrough is not None else None
-            assert source is not None
-            results[slot.name] = source.clone() if buffer is None else buffer.copy_(source)
+            self._collect_pending(binding, pending, results)
+            if not plan.verified and first_attempt is None:
+                self._learn(signature, plan, [s for _, s, _ in pending if s.predicted and s.expected], results)
+        for slot, target in passthrough or ():
+            assert slot.passthrough is not None
+            source = tensors[slot.passthrough]
+            results[slot.name] = source.clone() if target is None else target.copy_(source)
         if buffers:
             torch.autograd.graph.increment_version(tuple(buffers.values()))
         return results
 
+    def _bind_failure(
+        self, tensors: Sequence[torch.Tensor], slots: Sequence[_Slot], buffers: Mapping[str, torch.Tensor] | None
+    ) -> tuple[str, str]:
+        """Which bind ORT refused: replayed one by one on a scratch binding (errors only)."""
+        scratch = _binding.new_binding(self._c_session)
+        device = self._ort_device
+        for (name, _, elem_type, _), tensor in zip(self._input_checks, tensors):
+            try:
+                scratch.bind_input(name, device, elem_type, tensor.shape, tensor.data_ptr())
+            except Exception:  # the one that failed
+                return "input", name
+        for slot in slots:
+            buffer = buffers.get(slot.name) if buffers else None
+            try:
+                if buffer is not None and buffer.numel():
+                    scratch.bind_output(slot.name, device, slot.elem_type, buffer.shape, buffer.data_ptr())
+                else:
+                    scratch.bind_output(slot.name, device)
+            except Exception:
+                return "output", slot.name
+        return "output", slots[-1].name if slots else "?"
 
-def _address(tensor: torch.Tensor) -> int:
-    """``tensor.data_ptr()``, or 1 (fails every alignment test) where torch refuses to give one."""
-    try:
-        return int(tensor.data_ptr())
-    except RuntimeError:  # functionalized and other storage-less tensors
-        return 1
+    def _collect_pending(
+        self, binding: Any, pending: Sequence[tuple[int, _Slot, torch.Tensor | None]], results: dict[str, Any]
+    ) -> None:
+        """Take over the outputs ORT allocated, through DLPack, and release them from the binding."""
+        values = binding.get_outputs()  # a view into the binding: convert before clearing it
+        produced = [
+            _binding.tensor_from_ortvalue(values[position], self._spec.outputs[slot.index], self._device)
+            for position, slot, _ in pending
+        ]
+        del values
+        # The binding holds a reference to what ORT allocated; drop it so the memory lives
+        # exactly as long as the caller's tensors, not until this thread's next call.
+        binding.clear_binding_outputs()
+        self._local.outputs = None
+        for (_, slot, buffer), value in zip(pending, produced):
+            if buffer is not None:
+                if value.shape != buffer.shape:
+                    raise ShapeError(
+                        f"out {slot.name!r}: the run produced shape {format_shape(value.shape)}, "
+                        f"not the expected {format_shape(buffer.shape)}",
+                        kind="out",
+                        name=slot.name,
+                    )
+                if buffer.numel():  # a prediction being checked: ORT wrote its own memory
+                    buffer.copy_(value)
+            results[slot.name] = value if buffer is None else buffer
 
 
 def _as_shape(dims: object) -> tuple[int, ...] | None:
