@@ -112,3 +112,43 @@ def test_user_stream_from_provider_options_is_used() -> None:
     assert sess._stream is not None and sess._stream.cuda_stream == stream.cuda_stream
     a = torch.randn(256, 256, device="cuda")
     torch.testing.assert_close(sess(a=a)["b"], a @ a, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_a_run_on_cuda_1_leaves_torchs_current_device_alone() -> None:
+    sess = ortbind.TorchSession(MODEL, "cuda:1")
+    x = torch.ones(2, 2, device="cuda:1")
+    torch.cuda.set_device(0)
+    sess(x=x, y=x)
+    assert torch.cuda.current_device() == 0
+
+
+def test_misaligned_cuda_views_are_refused_or_copied() -> None:
+    half = parse('<ir_version: 8, opset_import: ["" : 17]> g (float16[N] x) => (float16[N] y) { y = Neg(x) }')
+    base = torch.randn(64, device="cuda").half()
+    view = base[3:]
+    assert view.data_ptr() % 16
+    with pytest.raises(ortbind.InputError, match=r"^input 'x': its address is 6 bytes past a 16-byte boundary"):
+        ortbind.TorchSession(half, "cuda")(x=view)
+    with pytest.warns(ortbind.CopyWarning):
+        out = ortbind.TorchSession(half, "cuda", allow_copy=True)(x=view)
+    assert torch.equal(out["y"], -view)
+
+
+def test_first_call_of_a_signature_verifies_predicted_shapes() -> None:
+    sess = ortbind.TorchSession(MODEL, "cuda")
+    x = torch.randn(8, 4, device="cuda")
+    first = sess(x=x, y=x)
+    assert sess._plans[(x.shape, x.shape)].verified
+    second = sess(x=x, y=x)
+    assert torch.equal(first["s"], second["s"])
+
+
+def test_from_session_on_cuda_orders_by_synchronizing() -> None:
+    import onnxruntime as ort
+
+    built = ort.InferenceSession(MATMUL, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+    sess = ortbind.TorchSession.from_session(built)
+    assert sess.device == torch.device("cuda", 0)
+    a = torch.randn(512, 512, device="cuda") * 0.01
+    torch.testing.assert_close(sess(a=a)["b"], a @ a, rtol=1e-3, atol=1e-3)
