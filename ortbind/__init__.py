@@ -9,6 +9,7 @@
 # CUDA provider then finds already in the process.
 import torch as _torch  # noqa: F401  (import order matters, see above)
 
+from ._bound import BoundCall
 from ._dtypes import ELEMENT_TYPES, ElementType
 from ._metadata import ModelSpec, TensorSpec
 from ._session import TorchSession
@@ -33,6 +34,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ELEMENT_TYPES",
+    "BoundCall",
     "ConfigError",
     "CopyWarning",
     "DTypeError",

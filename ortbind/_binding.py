@@ -313,13 +313,22 @@ class CudaStreamOrder:
         self.stream = stream
         self.device = device
 
-    def before(self) -> tuple[torch.cuda.Stream | None, int]:
-        """Make ORT's stream wait for the caller's; returns what :meth:`after` needs."""
+    def before(self, inputs: Sequence[torch.Tensor], asynchronous: bool) -> tuple[torch.cuda.Stream | None, int]:
+        """Make ORT's stream wait for the caller's; returns what :meth:`after` needs.
+
+        For an asynchronous run (``disable_synchronize_execution_providers``), each CUDA input is
+        also recorded as in use on ORT's stream, so torch's caching allocator does not hand its
+        memory out again while ORT may still read it.
+        """
         previous_device = torch.cuda.current_device()
         current = torch.cuda.current_stream(self.device)
         if self.stream is None:
             current.synchronize()
             return None, previous_device
+        if asynchronous:
+            for tensor in inputs:
+                if tensor.is_cuda:
+                    tensor.record_stream(self.stream)
         if current == self.stream:
             return None, previous_device
         self.stream.wait_stream(current)

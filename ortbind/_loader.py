@@ -20,6 +20,7 @@ import torch
 from ._metadata import ModelSource, load_model
 from ._ort import from_ort, translate
 from ._providers import (
+    CUDA,
     CUDA_GRAPH_OPTIONS,
     GPU_PROVIDERS,
     ProviderSpec,
@@ -83,6 +84,8 @@ def load(
     provider_options: Mapping[str, Mapping[str, Any]] | None,
     session_options: ort.SessionOptions | None,
     allow_cpu_fallback: bool,
+    *,
+    cuda_graph: bool = False,
 ) -> Loaded:
     """Build the session for ``model`` on the device and providers asked for.
 
@@ -116,6 +119,10 @@ def load(
                 if name in GPU_PROVIDERS:
                     opts["user_compute_stream"] = str(stream.cuda_stream)
 
+    if cuda_graph:
+        for name, opts in zip(plan.providers, plan.options):
+            if name == CUDA:
+                opts["enable_cuda_graph"] = "1"
     session = _create(loaded.ort_source, where, session_options, list(zip(plan.providers, plan.options)))
     active = session.get_providers()
     missing = [p for p in plan.requested if p not in active]

@@ -8,6 +8,7 @@ can be worked out once per input signature is, as a tuple of output slots.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import operator
 import os
@@ -22,14 +23,18 @@ import onnxruntime as ort
 import torch
 
 from . import _binding, _loader
+from ._bound import BoundCall
 from ._inference import ShapeInferencer
 from ._metadata import ModelSource, ModelSpec, TensorSpec, read_spec
 from ._ort import from_ort, is_output_refusal, refused_output, translate
 from ._providers import ProviderSpec
+from ._runoptions import GRAPH_ID as _GRAPH_ID
+from ._runoptions import NO_SYNC as _NO_SYNC
+from ._runoptions import config_entry, default_run_options
 from ._shapes import OutputPlan, Rule, ShapeProgram, format_dims, format_shape
 from .errors import ConfigError, InputError, ModelError, OrtbindError, OutputError, RunError, ShapeError
 
-__all__ = ["TorchSession"]
+__all__ = ["BoundCall", "TorchSession"]
 
 _log = logging.getLogger("ortbind")
 
@@ -160,6 +165,12 @@ class TorchSession:
         max_output_bytes: The largest output ortbind allocates from a predicted shape; larger
             ones are left to ORT, and an ``output_shapes`` override beyond it is a
             :class:`~ortbind.ShapeError`. Defaults to the device's memory.
+        cuda_graph: Turn on ORT's CUDA-graph capture (``enable_cuda_graph``). Each
+            :class:`~ortbind.BoundCall` then captures its own graph on its first runs and replays
+            it after; plain calls run without graphs. CUDA sessions only.
+        synchronize: On CUDA, whether a run blocks the CPU until ORT's stream is done (ORT's
+            default, the safe choice). ``False`` returns as soon as the work is queued; ordering
+            against torch's current stream stays by events. No effect on CPU sessions.
 
     Raises:
         ModelError: The model cannot be read or loaded, or an input cannot be bound.
@@ -187,9 +198,13 @@ class TorchSession:
         allow_copy: bool = False,
         allow_cpu_fallback: bool = False,
         max_output_bytes: int | None = None,
+        cuda_graph: bool = False,
+        synchronize: bool = True,
     ) -> None:
-        loaded = _loader.load(model, device, providers, provider_options, session_options, allow_cpu_fallback)
-        self._setup(loaded, output_shapes, strict, allow_copy, max_output_bytes)
+        loaded = _loader.load(
+            model, device, providers, provider_options, session_options, allow_cpu_fallback, cuda_graph=cuda_graph
+        )
+        self._setup(loaded, output_shapes, strict, allow_copy, max_output_bytes, cuda_graph, synchronize)
 
     @classmethod
     def from_session(
@@ -202,6 +217,7 @@ class TorchSession:
         strict: bool = False,
         allow_copy: bool = False,
         max_output_bytes: int | None = None,
+        synchronize: bool = True,
     ) -> TorchSession:
         """Run a session that the caller built with ``onnxruntime.InferenceSession``.
 
@@ -220,6 +236,7 @@ class TorchSession:
             strict: As for :class:`TorchSession`.
             allow_copy: As for :class:`TorchSession`.
             max_output_bytes: As for :class:`TorchSession`.
+            synchronize: As for :class:`TorchSession`.
 
         Raises:
             ConfigError: Not an InferenceSession, ``device`` disagrees with its providers, or
@@ -227,7 +244,8 @@ class TorchSession:
             ModelError: The model cannot be found or read.
         """
         self = cls.__new__(cls)
-        self._setup(_loader.adopt(session, device, model), output_shapes, strict, allow_copy, max_output_bytes)
+        loaded = _loader.adopt(session, device, model)
+        self._setup(loaded, output_shapes, strict, allow_copy, max_output_bytes, False, synchronize)
         return self
 
     def _setup(
@@ -237,6 +255,8 @@ class TorchSession:
         strict: bool,
         allow_copy: bool,
         max_output_bytes: int | None,
+        cuda_graph: bool,
+        synchronize: bool,
     ) -> None:
         self._spec = specs = read_spec(loaded.proto)
         self._path = loaded.path
@@ -283,14 +303,35 @@ class TorchSession:
         self._plans_lock = threading.Lock()
         self._distrusted: set[int] = set()  # outputs whose declared dims proved wrong once
         self._local = threading.local()
-        self._run_options = ort.RunOptions()
-        # Every run error reaches the caller as a RunError carrying ORT's message; ORT's own log
-        # line for it would only repeat that (and would fire for the handled shape retry).
-        self._run_options.log_severity_level = 4
-        # (name, dtype, elem type, required address multiple) per input.
+        if cuda_graph and not on_cuda:
+            raise ConfigError(
+                f"cuda_graph=True: CUDA graphs need a CUDA session, but this one runs on {self._device}; "
+                f"pass device='cuda' or leave cuda_graph out",
+                kind="option",
+                name="cuda_graph",
+            )
+        self._cuda_graph = cuda_graph
+        self._graph_ids = itertools.count()
+        self._synchronize = synchronize
+        self._run_options = default_run_options(synchronize=synchronize, cuda_graph=cuda_graph)
+        self._async_options = (
+            self._run_options if not synchronize else default_run_options(synchronize=False, cuda_graph=cuda_graph)
+        )
+        host_inputs = _host_memory_inputs(loaded.session) if on_cuda else frozenset()
+        cpu = torch.device("cpu")
+        self._input_devices = tuple(cpu if s.name in host_inputs else self._device for s in specs.inputs)
+        cpu_ort_device = _binding.make_ort_device(cpu)
+        # (name, dtype, elem type, required address multiple, CUDA index or -1, ORT device) per input.
         self._input_checks = tuple(
-            (s.name, s.dtype, s.elem_type, _binding.CUDA_ALIGNMENT if on_cuda else max(1, s.dtype.itemsize))
-            for s in specs.inputs
+            (
+                s.name,
+                s.dtype,
+                s.elem_type,
+                _binding.CUDA_ALIGNMENT if where.type == "cuda" else max(1, s.dtype.itemsize),
+                where.index if where.type == "cuda" else -1,
+                self._ort_device if where.type == "cuda" else cpu_ort_device,
+            )
+            for s, where in zip(specs.inputs, self._input_devices)
             if s.dtype is not None
         )
         self._input_index = {s.name: i for i, s in enumerate(specs.inputs)}
@@ -361,7 +402,7 @@ class TorchSession:
             Output name -> :class:`OutputPlan` (rule, shape or ``None``, and why).
         """
         shapes: list[torch.Size] = []
-        for name, _, _, _ in self._input_checks:
+        for name, *_ in self._input_checks:
             if name not in input_shapes:
                 raise InputError(
                     f"input_shapes: missing input {name!r}; give a shape for every input", kind="input", name=name
@@ -390,6 +431,8 @@ class TorchSession:
         *,
         out: Mapping[str, torch.Tensor] | None = None,
         output_shapes: Mapping[str, Sequence[int]] | None = None,
+        run_options: ort.RunOptions | None = None,
+        synchronize: bool | None = None,
     ) -> dict[str, torch.Tensor]:
         """Run the model once.
 
@@ -404,6 +447,9 @@ class TorchSession:
                 output's shape; the returned dict holds these very tensors, and their autograd
                 version counters are bumped.
             output_shapes: Output name -> concrete shape for this call (rule a).
+            run_options: ORT's ``RunOptions`` for this call (terminate, run tag, log level),
+                used as given instead of :attr:`run_options`.
+            synchronize: Overrides the session's ``synchronize`` for this call.
 
         Returns:
             Output name -> tensor on :attr:`device`, in ``output_names`` order.
@@ -415,8 +461,12 @@ class TorchSession:
             ShapeError: A feed breaks the declared rank or a fixed dim, or a buffer's shape is
                 wrong.
             DeviceError: A tensor is on another device.
-            RunError: ONNX Runtime failed; its message is kept.
+            RunError: ONNX Runtime failed (or was terminated); its message is kept.
+            ConfigError: ``run_options`` contradict the session (see :meth:`bind`).
         """
+        options = self._run_options if run_options is None and synchronize is None else None
+        if options is None:
+            options = self._options_for(run_options, synchronize, graph_id=-1)
         tensors, signature = self._collect(feeds)
         plan = self._plans.get(signature)
         if plan is None:
@@ -427,13 +477,88 @@ class TorchSession:
             except KeyError:  # evicted by another thread just now; the plan in hand is still right
                 self._remember(signature, plan.outputs, verified=plan.verified)
         if output_names is None and out is None and output_shapes is None:
-            return self._execute(tensors, signature, plan, plan.slots, self._all_outputs, None)
+            return self._execute(tensors, signature, plan, plan.slots, self._all_outputs, None, options)
         indices = self._all_outputs if output_names is None else self._select(output_names)
         slots = [plan.slots[i] for i in indices]
         if output_shapes:
             slots = self._call_overrides(slots, output_shapes)
         buffers = self._check_out(out, slots, tensors) if out else None
-        return self._execute(tensors, signature, plan, slots, indices, buffers)
+        return self._execute(tensors, signature, plan, slots, indices, buffers, options)
+
+    def bind(
+        self,
+        feeds: Mapping[str, torch.Tensor],
+        output_names: Sequence[str] | None = None,
+        *,
+        out: Mapping[str, torch.Tensor] | None = None,
+    ) -> BoundCall:
+        """Check and bind a call once, to run it many times with :meth:`BoundCall.run`.
+
+        Everything a call checks is checked here, with the same errors. Outputs whose shape is
+        known ahead are allocated now (or taken from ``out=``) and bound for good; the bound call
+        returns those very tensors from every run, overwritten each time. Update inputs in place
+        (``tensor.copy_(new)``) or with :meth:`BoundCall.rebind`.
+
+        Args:
+            feeds: Input name -> tensor, for every input; they stay referenced by the bound call.
+            output_names: The outputs to compute; all by default.
+            out: Output name -> caller-owned buffer to bind instead of allocating one.
+
+        Returns:
+            The :class:`~ortbind.BoundCall`.
+        """
+        return BoundCall(self, feeds, output_names, out)
+
+    @property
+    def run_options(self) -> ort.RunOptions:
+        """The ``RunOptions`` plain calls use (ORT's log level 4: errors come back as exceptions).
+
+        Change it to change every later call's defaults, e.g. ``sess.run_options.log_severity_level = 2``.
+        """
+        return self._run_options
+
+    def _options_for(
+        self, run_options: ort.RunOptions | None, synchronize: bool | None, *, graph_id: int
+    ) -> ort.RunOptions:
+        """The RunOptions for a call: the caller's (checked), or the session's defaults."""
+        if run_options is None:
+            asynchronous = not (self._synchronize if synchronize is None else synchronize)
+            if graph_id < 0:
+                return self._async_options if asynchronous else self._run_options
+            return default_run_options(synchronize=not asynchronous, cuda_graph=True, graph_id=graph_id)
+        if not isinstance(run_options, ort.RunOptions):
+            raise ConfigError(
+                f"run_options: expected an onnxruntime.RunOptions, got {type(run_options).__name__}",
+                kind="option",
+                name="run_options",
+            )
+        if synchronize is not None:
+            given = config_entry(run_options, _NO_SYNC) == "1"
+            if given == synchronize:
+                raise ConfigError(
+                    f"synchronize={synchronize}: the run_options given say {_NO_SYNC}="
+                    f"{'1' if given else '0'}; set it there, or leave run_options out",
+                    kind="option",
+                    name="synchronize",
+                )
+        if self._cuda_graph:
+            entry = config_entry(run_options, _GRAPH_ID)
+            if entry != str(graph_id):
+                raise ConfigError(
+                    f"run_options: this call needs gpu_graph_id {graph_id} in a cuda_graph session, the options "
+                    f"given have {entry or 'none'}; add run_options.add_run_config_entry('gpu_graph_id', "
+                    f"'{graph_id}')",
+                    kind="option",
+                    name="gpu_graph_id",
+                )
+        return run_options
+
+    def _asynchronous(self, options: ort.RunOptions) -> bool:
+        if options is self._run_options:
+            return not self._synchronize
+        if options is self._async_options:
+            return True
+        return config_entry(options, _NO_SYNC) == "1"
 
     # ------------------------------------------------------------------ inputs
 
@@ -441,9 +566,8 @@ class TorchSession:
         """The tensors to bind, in input order, and their shapes (the signature)."""
         tensors: list[torch.Tensor] = []
         shapes: list[torch.Size] = []
-        cuda_index = self._cuda_index
         strided, plain = torch.strided, torch.Tensor
-        for name, dtype, _, align in self._input_checks:
+        for name, dtype, _, align, cuda_index, _ in self._input_checks:
             try:
                 t = feeds[name]
             except KeyError:
@@ -469,8 +593,9 @@ class TorchSession:
             except RuntimeError:  # data_ptr() of a functionalized or other storage-less tensor
                 common = False
             if not common:
+                index = self._input_index[name]
                 t = _binding.check_input(
-                    name, self._spec.inputs[self._input_index[name]], t, self._device, self._allow_copy
+                    name, self._spec.inputs[index], t, self._input_devices[index], self._allow_copy
                 )
             tensors.append(t)
             shapes.append(t.shape)
@@ -716,6 +841,7 @@ class TorchSession:
         slots: Sequence[_Slot],
         key: tuple[int, ...],
         buffers: Mapping[str, torch.Tensor] | None,
+        options: ort.RunOptions,
         *,
         first_attempt: BaseException | None = None,
     ) -> dict[str, torch.Tensor]:
@@ -735,8 +861,8 @@ class TorchSession:
         passthrough: list[tuple[_Slot, torch.Tensor | None]] | None = None
         position = 0  # outputs bound so far
         try:
-            for (name, _, elem_type, _), tensor in zip(self._input_checks, tensors):
-                binding.bind_input(name, device, elem_type, tensor.shape, tensor.data_ptr())
+            for (name, _, elem_type, _, _, where), tensor in zip(self._input_checks, tensors):
+                binding.bind_input(name, where, elem_type, tensor.shape, tensor.data_ptr())
             for slot in slots:
                 shape = slot.shape
                 if shape is not None and buffers is None:
@@ -789,9 +915,9 @@ class TorchSession:
 
         if position:
             order = self._stream_order
-            state = order.before() if order is not None else None
+            state = order.before(tensors, self._asynchronous(options)) if order is not None else None
             try:
-                self._c_session.run_with_iobinding(binding, self._run_options)
+                self._c_session.run_with_iobinding(binding, options)
             except Exception as exc:
                 self._local.binding = None  # a failed run may leave the binding half-bound
                 retry = [s for s in slots if s.shape is not None and s.predicted]
@@ -799,7 +925,7 @@ class TorchSession:
                     raise
                 if first_attempt is None and retry and is_output_refusal(exc):
                     loose = [replace(s, shape=None) if s in retry else s for s in slots]
-                    results = self._execute(tensors, signature, plan, loose, key, buffers, first_attempt=exc)
+                    results = self._execute(tensors, signature, plan, loose, key, buffers, options, first_attempt=exc)
                     self._learn(signature, plan, retry, results, refusal=exc)
                     return results
                 error = translate(exc, "run")
@@ -830,9 +956,9 @@ class TorchSession:
         """Which bind ORT refused: replayed one by one on a scratch binding (errors only)."""
         scratch = _binding.new_binding(self._c_session)
         device = self._ort_device
-        for (name, _, elem_type, _), tensor in zip(self._input_checks, tensors):
+        for (name, _, elem_type, _, _, where), tensor in zip(self._input_checks, tensors):
             try:
-                scratch.bind_input(name, device, elem_type, tensor.shape, tensor.data_ptr())
+                scratch.bind_input(name, where, elem_type, tensor.shape, tensor.data_ptr())
             except Exception:  # the one that failed
                 return "input", name
         for slot in slots:
@@ -872,6 +998,19 @@ class TorchSession:
                 if buffer.numel():  # a prediction being checked: ORT wrote its own memory
                     buffer.copy_(value)
             results[slot.name] = value if buffer is None else buffer
+
+
+def _host_memory_inputs(session: ort.InferenceSession) -> frozenset[str]:
+    """Inputs a CUDA session keeps in host memory (shape tensors and the like); ORT >= 1.23."""
+    infos = getattr(session, "get_input_memory_infos", None)
+    if infos is None:
+        return frozenset()
+    try:
+        located = infos()
+    except Exception:  # an ORT that has the method but cannot answer for this session
+        return frozenset()
+    names = [i.name for i in session.get_inputs()]
+    return frozenset(name for name, info in zip(names, located) if getattr(info, "name", "") == "Cpu")
 
 
 def _as_shape(dims: object) -> tuple[int, ...] | None:

@@ -9,6 +9,7 @@ def test_public_names_are_locked() -> None:
     assert sorted(ortbind.__all__) == sorted(
         [
             "ELEMENT_TYPES",
+            "BoundCall",
             "ConfigError",
             "CopyWarning",
             "DTypeError",

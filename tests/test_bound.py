@@ -1,0 +1,241 @@
+"""BoundCall (bind once, run many), run options, and the CUDA-graph guards that run without a GPU."""
+
+from __future__ import annotations
+
+import gc
+import re
+
+import onnxruntime as ort
+import pytest
+import torch
+
+import ortbind
+from ortbind import Rule
+
+from .models import parse
+from .reference import assert_equal_reference, reference
+
+OPSET = '<ir_version: 8, opset_import: ["" : 17]>'
+
+TWO = parse(f"""{OPSET}
+g (float[N, M] x, float s) => (float[N, M] y, float[M, N] z) {{
+    y = Mul(x, s)
+    z = Transpose(x)
+}}""")
+
+DYNAMIC = parse(f"""{OPSET}
+g (float[N] x) => (int64[1, K] nz, float[N] relu) {{
+    zero = Constant<value = float {{0.0}}>()
+    mask = Greater(x, zero)
+    nz = NonZero(mask)
+    relu = Relu(x)
+}}""")
+
+LYING = parse(f"""{OPSET}
+g (float[N, M] x) => (float[N, M] y, float[N, M] z) {{
+    y = Relu(x)
+    z = Transpose(x)
+}}""")
+
+
+def raises(error: type[Exception], message: str) -> pytest.RaisesContext[Exception]:
+    return pytest.raises(error, match=f"^{re.escape(message)}$")
+
+
+def feeds(n: int = 3, m: int = 4, scale: float = 2.0) -> dict[str, torch.Tensor]:
+    return {"x": torch.randn(n, m), "s": torch.tensor(scale)}
+
+
+def test_run_returns_the_same_tensors_every_run_and_sees_inputs_updated_in_place() -> None:
+    sess = ortbind.TorchSession(TWO)
+    inputs = feeds()
+    bound = sess.bind(inputs)
+    first = bound.run()
+    assert_equal_reference(first, reference(TWO, inputs))
+    y = first["y"]
+    inputs["x"].copy_(torch.randn(3, 4))
+    second = bound.run()
+    assert second["y"] is y and second["z"] is first["z"]
+    assert_equal_reference(second, reference(TWO, inputs))
+    assert set(bound.outputs) == {"y", "z"} and bound.outputs["y"] is y
+    assert bound.inputs["x"] is inputs["x"]
+
+
+def test_bind_checks_like_a_call() -> None:
+    sess = ortbind.TorchSession(TWO)
+    with raises(
+        ortbind.DTypeError,
+        "input 's': expected dtype torch.float32 (ONNX FLOAT), got torch.float64; cast with .to(torch.float32)",
+    ):
+        sess.bind({"x": torch.randn(3, 4), "s": torch.tensor(1.0, dtype=torch.float64)})
+    with raises(ortbind.OutputError, "output 'q': the model has no such output; its outputs are 'y', 'z'"):
+        sess.bind(feeds(), ["q"])
+    with raises(ortbind.InputError, "missing input 's'; the model needs s: tensor(float) []"):
+        sess.bind({"x": torch.randn(3, 4)})
+
+
+def test_out_buffers_are_bound_and_their_versions_bumped_each_run() -> None:
+    sess = ortbind.TorchSession(TWO)
+    inputs = feeds()
+    y = torch.empty(3, 4)
+    bound = sess.bind(inputs, ["y"], out={"y": y})
+    for run in range(2):
+        version = y._version
+        out = bound.run()
+        assert list(out) == ["y"] and out["y"] is y
+        assert y._version > version, run
+    assert torch.equal(y, inputs["x"] * 2)
+
+
+def test_rebind_checks_and_replans_on_a_new_shape() -> None:
+    sess = ortbind.TorchSession(TWO)
+    bound = sess.bind(feeds())
+    old_y = bound.run()["y"]
+    same_shape = torch.randn(3, 4)
+    bound.rebind(x=same_shape)
+    assert torch.equal(bound.run()["y"], same_shape * 2)
+    bigger = feeds(5, 2, 3.0)
+    bound.rebind(bigger)
+    out = bound.run()
+    assert out["y"] is not old_y
+    assert_equal_reference(out, reference(TWO, bigger))
+    with raises(
+        ortbind.ShapeError, "input 'x': expected 2 dims ['N', 'M'], got shape (5,); reshape it to the declared rank"
+    ):
+        bound.rebind(x=torch.randn(5))
+    with raises(ortbind.InputError, "input 'q': the model has no such input; its inputs are 'x', 's'"):
+        bound.rebind(q=torch.randn(5))
+    assert_equal_reference(bound.run(), reference(TWO, bigger))  # a refused rebind changed nothing
+
+
+def test_data_dependent_outputs_are_allocated_by_ort_on_each_run() -> None:
+    sess = ortbind.TorchSession(DYNAMIC)
+    x = torch.randn(16)
+    bound = sess.bind({"x": x})
+    assert bound.outputs["nz"] is None
+    first = bound.run()
+    assert_equal_reference(first, reference(DYNAMIC, {"x": x}))
+    x.copy_(-x)
+    second = bound.run()
+    assert second["relu"] is first["relu"]
+    assert second["nz"] is not first["nz"]
+    assert_equal_reference(second, reference(DYNAMIC, {"x": x}))
+    assert first["nz"].shape[1] + second["nz"].shape[1] == int((x != 0).sum())  # the first was not overwritten
+
+
+def test_bound_tensors_are_kept_alive() -> None:
+    sess = ortbind.TorchSession(TWO)
+    inputs = feeds()
+    expected = reference(TWO, inputs)
+    bound = sess.bind(inputs)
+    del inputs
+    gc.collect()
+    for _ in range(50):  # churn the allocator
+        torch.randn(3, 4)
+    assert_equal_reference(bound.run(), expected)
+
+
+def test_a_bound_call_is_not_for_concurrent_use() -> None:
+    bound = ortbind.TorchSession(TWO).bind(feeds())
+    assert bound._lock.acquire()  # as if another thread were inside run()
+    with raises(
+        ortbind.RunError,
+        "bound call: already running in another thread; a BoundCall is not for concurrent use, bind one per thread",
+    ):
+        bound.run()
+    bound._lock.release()
+    bound.run()
+
+
+def test_a_wrong_prediction_in_a_bound_call_is_learned_on_its_first_run() -> None:
+    sess = ortbind.TorchSession(LYING)
+    x = torch.randn(2, 3)
+    bound = sess.bind({"x": x})
+    expected = reference(LYING, {"x": x})
+    assert_equal_reference(bound.run(), expected)
+    assert sess.resolve_shapes({"x": (2, 3)})["z"].rule is Rule.ORT
+    y = bound.run()["y"]
+    assert_equal_reference(bound.run(), expected)
+    assert bound.run()["y"] is y
+
+
+def test_first_run_verification_in_a_bound_call() -> None:
+    sess = ortbind.TorchSession(LYING)
+    sess._verify_first_run = True  # what CUDA sessions do
+    x = torch.randn(2, 3)
+    bound = sess.bind({"x": x})
+    assert bound._verify
+    expected = reference(LYING, {"x": x})
+    first = bound.run()
+    assert_equal_reference(first, expected)
+    assert not bound._verify
+    assert bound.outputs["z"] is None and bound.outputs["y"] is first["y"]
+    second = bound.run()
+    assert second["y"] is first["y"]
+    assert_equal_reference(second, expected)
+
+
+def test_passthrough_outputs_in_a_bound_call() -> None:
+    model = parse(f"""{OPSET}
+    g (float[N] x) => (float[N] y, float[N] x) {{
+        y = Neg(x)
+    }}""")
+    x = torch.randn(4)
+    bound = ortbind.TorchSession(model).bind({"x": x})
+    out = bound.run()
+    assert torch.equal(out["x"], x) and out["x"].data_ptr() != x.data_ptr()
+    x.add_(1)
+    assert torch.equal(bound.run()["x"], x)
+
+
+# --------------------------------------------------------------------------- run options
+
+
+def test_terminated_runs_raise_run_error() -> None:
+    sess = ortbind.TorchSession(TWO)
+    options = ort.RunOptions()
+    options.terminate = True
+    options.log_severity_level = 4
+    with pytest.raises(ortbind.RunError, match=r"^ONNX Runtime failed during the run: .*terminate"):
+        sess.run(feeds(), run_options=options)
+    bound = sess.bind(feeds())
+    with pytest.raises(ortbind.RunError, match=r"^ONNX Runtime failed during the run: .*terminate"):
+        bound.run(run_options=options)
+    options.terminate = False
+    assert bound.run(run_options=options)["y"].shape == (3, 4)
+
+
+def test_run_options_are_used_as_given_and_the_default_can_be_changed() -> None:
+    sess = ortbind.TorchSession(TWO)
+    assert sess.run_options.log_severity_level == 4
+    sess.run_options.log_severity_level = 3
+    inputs = feeds()
+    assert_equal_reference(sess.run(inputs), reference(TWO, inputs))
+    tagged = ort.RunOptions()
+    tagged.logid = "step-7"
+    assert_equal_reference(sess.run(inputs, run_options=tagged), reference(TWO, inputs))
+    with raises(ortbind.ConfigError, "run_options: expected an onnxruntime.RunOptions, got dict"):
+        sess.run(inputs, run_options={"terminate": True})  # type: ignore[arg-type]
+
+
+def test_synchronize_is_a_no_op_on_cpu_and_checked_against_run_options() -> None:
+    sess = ortbind.TorchSession(TWO, synchronize=False)
+    inputs = feeds()
+    assert_equal_reference(sess.run(inputs), reference(TWO, inputs))
+    assert_equal_reference(sess.run(inputs, synchronize=True), reference(TWO, inputs))
+    with raises(
+        ortbind.ConfigError,
+        "synchronize=False: the run_options given say disable_synchronize_execution_providers=0; set it there, "
+        "or leave run_options out",
+    ):
+        sess.run(inputs, run_options=ort.RunOptions(), synchronize=False)
+
+
+def test_cuda_graph_needs_a_cuda_session() -> None:
+    with raises(
+        ortbind.ConfigError,
+        "cuda_graph=True: CUDA graphs need a CUDA session, but this one runs on cpu; pass device='cuda' or leave "
+        "cuda_graph out",
+    ) as info:
+        ortbind.TorchSession(TWO, cuda_graph=True)
+    assert (info.value.kind, info.value.name) == ("option", "cuda_graph")
