@@ -152,3 +152,49 @@ def test_from_session_on_cuda_orders_by_synchronizing() -> None:
     assert sess.device == torch.device("cuda", 0)
     a = torch.randn(512, 512, device="cuda") * 0.01
     torch.testing.assert_close(sess(a=a)["b"], a @ a, rtol=1e-3, atol=1e-3)
+
+
+def test_bound_call_with_a_cuda_graph_captures_and_replays() -> None:
+    sess = ortbind.TorchSession(MATMUL, "cuda", cuda_graph=True)
+    a = torch.randn(256, 256, device="cuda") * 0.1
+    bound = sess.bind({"a": a})
+    assert bound.graph_id is not None
+    for _ in range(4):  # ORT runs a few times before capturing, then replays
+        a.copy_(torch.randn(256, 256, device="cuda") * 0.1)
+        b = bound.run()["b"]
+        torch.testing.assert_close(b, a @ a, rtol=1e-3, atol=1e-3)
+    other = sess.bind({"a": torch.randn(64, 64, device="cuda")})
+    assert other.graph_id != bound.graph_id
+    torch.testing.assert_close(sess(a=a)["b"], a @ a, rtol=1e-3, atol=1e-3)  # plain call: no graph
+    with pytest.raises(ortbind.ConfigError, match=r"^rebind: input 'a' would move"):
+        bound.rebind(a=torch.randn(256, 256, device="cuda"))
+
+
+def test_cuda_graph_refuses_outputs_without_fixed_addresses() -> None:
+    sess = ortbind.TorchSession(MODEL, "cuda", cuda_graph=True)
+    x = torch.randn(4, 4, device="cuda")
+    with pytest.raises(ortbind.ShapeError, match=r"^output 'nz': a CUDA-graph bound call needs every output"):
+        sess.bind({"x": x, "y": x})
+    with pytest.raises(ortbind.OutputError, match=r"^out 's': buffer overlaps input 'x'"):
+        sess.bind({"x": x, "y": x}, ["s"], out={"s": x})
+
+
+def test_host_memory_inputs_take_cpu_tensors() -> None:
+    reshape = parse("""<ir_version: 8, opset_import: ["" : 17]>
+    g (float[N] x, int64[2] shape) => (float[A, B] y) { y = Reshape(x, shape) }""")
+    sess = ortbind.TorchSession(reshape, "cuda")
+    x = torch.arange(6.0, device="cuda")
+    if sess._input_devices[1].type != "cpu":
+        pytest.skip("this ORT keeps the shape input on the device")
+    y = sess(x=x, shape=torch.tensor([2, 3]))["y"]
+    assert torch.equal(y, x.reshape(2, 3))
+    with pytest.raises(ortbind.DeviceError, match=r"^input 'x': expected a tensor on cuda:0"):
+        sess(x=x.cpu(), shape=torch.tensor([2, 3]))
+
+
+def test_asynchronous_runs_are_ordered_by_events() -> None:
+    sess = ortbind.TorchSession(MATMUL, "cuda", synchronize=False)
+    a = torch.randn(1024, 1024, device="cuda") * 0.01
+    b = sess(a=a)["b"]
+    total = b.sum()  # on the current stream, which waits for ORT's by an event
+    torch.testing.assert_close(total, (a @ a).sum(), rtol=1e-3, atol=1e-2)
