@@ -2,6 +2,9 @@
 #   make demo   creates .venv if missing, installs ortbind with the example's dependencies, and
 #               runs the Stable Diffusion example on its built-in tiny model
 #   make test   the same plus test dependencies, then runs the test suite (what CI runs)
+#   make test-oldest
+#               creates .venv-oldest with the oldest releases pyproject.toml allows
+#               (constraints-oldest.txt) and runs the core tests there (CI runs it after make test)
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -9,7 +12,13 @@ PIP_ARGS ?=
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --disable-pip-version-check -c constraints.txt $(PIP_ARGS)
 
-.PHONY: demo test lint bench clean
+# The oldest supported set. Only the core tests run there: the Stable Diffusion example's
+# diffusers/transformers/onnxscript are tested at the pinned set only (constraints.txt).
+OLDEST_VENV ?= .venv-oldest
+OLDEST_PY := $(OLDEST_VENV)/bin/python
+OLDEST_TESTS ?= tests -m "not slow" --ignore=tests/test_stable_diffusion.py
+
+.PHONY: demo test test-oldest lint bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -22,11 +31,21 @@ $(VENV)/.test-deps: pyproject.toml constraints.txt | $(PY)
 	$(PIP) -e ".[dev]"
 	touch $@ $(VENV)/.demo-deps
 
+$(OLDEST_PY):
+	$(PYTHON) -m venv $(OLDEST_VENV)
+
+$(OLDEST_VENV)/.test-deps: pyproject.toml constraints-oldest.txt | $(OLDEST_PY)
+	$(OLDEST_PY) -m pip install --disable-pip-version-check -c constraints-oldest.txt $(PIP_ARGS) -e . pytest
+	touch $@
+
 demo: $(VENV)/.demo-deps
 	$(PY) -m examples.stable_diffusion.txt2img --prompt "an astronaut riding a horse on the moon" --out out/demo.png
 
 test: $(VENV)/.test-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-oldest: $(OLDEST_VENV)/.test-deps
+	$(OLDEST_PY) -m pytest $(OLDEST_TESTS) $(PYTEST_ARGS)
 
 lint: $(VENV)/.test-deps
 	$(PY) -m ruff check .
@@ -39,4 +58,4 @@ bench: $(VENV)/.test-deps
 	$(PY) benchmarks/cpu_spinning.py
 
 clean:
-	rm -rf $(VENV) out build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(OLDEST_VENV) out build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -17,7 +17,7 @@ from .reference import run_python
 MODEL = """
     <ir_version: 10, opset_import: ["" : 21], producer_name: "tests", producer_version: "1.0">
     g (float[batch, 3] x, float[batch, 3] w, float[3] bias)
-      => (float[batch, 3] y, float["Transposez_dim_0", "Transposez_dim_1"] z, int64[2, nnz] nz) {
+      => (float[batch, 3] y, float[Transposez_dim_0, Transposez_dim_1] z, int64[2, nnz] nz) {
         xw = Mul(x, w)
         y = Add(xw, bias)
         z = Transpose<perm=[1, 0]>(x)
