@@ -467,7 +467,9 @@ class TorchSession:
         options = self._run_options if run_options is None and synchronize is None else None
         if options is None:
             options = self._options_for(run_options, synchronize, graph_id=-1)
-        tensors, signature = self._collect(feeds)
+        indices = self._all_outputs if output_names is None else self._select(output_names)
+        binding = self._binding(indices)
+        tensors, signature = self._collect(feeds, binding)
         plan = self._plans.get(signature)
         if plan is None:
             plan = self._plan(signature)
@@ -477,13 +479,12 @@ class TorchSession:
             except KeyError:  # evicted by another thread just now; the plan in hand is still right
                 self._remember(signature, plan.outputs, verified=plan.verified)
         if output_names is None and out is None and output_shapes is None:
-            return self._execute(tensors, signature, plan, plan.slots, self._all_outputs, None, options)
-        indices = self._all_outputs if output_names is None else self._select(output_names)
+            return self._execute(binding, tensors, signature, plan, plan.slots, indices, None, options)
         slots = [plan.slots[i] for i in indices]
         if output_shapes:
             slots = self._call_overrides(slots, output_shapes)
         buffers = self._check_out(out, slots, tensors) if out else None
-        return self._execute(tensors, signature, plan, slots, indices, buffers, options)
+        return self._execute(binding, tensors, signature, plan, slots, indices, buffers, options)
 
     def bind(
         self,
@@ -562,12 +563,20 @@ class TorchSession:
 
     # ------------------------------------------------------------------ inputs
 
-    def _collect(self, feeds: Mapping[str, torch.Tensor]) -> tuple[list[torch.Tensor], tuple[torch.Size, ...]]:
-        """The tensors to bind, in input order, and their shapes (the signature)."""
+    def _collect(
+        self, feeds: Mapping[str, torch.Tensor], binding: Any = None
+    ) -> tuple[list[torch.Tensor], tuple[torch.Size, ...]]:
+        """Check the feeds; the tensors to bind, in input order, and their shapes (the signature).
+
+        With ``binding`` (this thread's), each checked input is bound there in the same pass,
+        unless the binding already holds exactly its address and shape (all a binding keeps of an
+        input besides its fixed type and device), which saves a bind for an unchanged input.
+        """
         tensors: list[torch.Tensor] = []
         shapes: list[torch.Size] = []
         strided, plain = torch.strided, torch.Tensor
-        for name, dtype, _, align, cuda_index, _ in self._input_checks:
+        held = self._local.inputs if binding is not None else None
+        for index, (name, dtype, elem_type, align, cuda_index, where) in enumerate(self._input_checks):
             try:
                 t = feeds[name]
             except KeyError:
@@ -593,12 +602,25 @@ class TorchSession:
             except RuntimeError:  # data_ptr() of a functionalized or other storage-less tensor
                 common = False
             if not common:
-                index = self._input_index[name]
                 t = _binding.check_input(
                     name, self._spec.inputs[index], t, self._input_devices[index], self._allow_copy
                 )
+                address = t.data_ptr()
             tensors.append(t)
-            shapes.append(t.shape)
+            shape = t.shape
+            shapes.append(shape)
+            if held is not None:
+                bound = (address, shape)
+                if held[index] != bound:
+                    held[index] = None
+                    try:
+                        binding.bind_input(name, where, elem_type, shape, address)
+                    except Exception as exc:
+                        self._local.binding = None
+                        if not from_ort(exc):
+                            raise
+                        raise translate(exc, "bind", subject=f"input {name!r}", name=name) from exc
+                    held[index] = bound
         if len(feeds) != len(tensors):
             unknown = next(n for n in feeds if n not in self._input_index)
             raise InputError(self._unknown_message(unknown), kind="input", name=unknown)
@@ -828,6 +850,7 @@ class TorchSession:
         if binding is None:
             binding = local.binding = _binding.new_binding(self._c_session)
             local.outputs = outputs
+            local.inputs = [None] * len(self._input_checks)
         elif local.outputs != outputs:
             binding.clear_binding_outputs()
             local.outputs = outputs
@@ -835,6 +858,7 @@ class TorchSession:
 
     def _execute(
         self,
+        binding: Any,
         tensors: Sequence[torch.Tensor],
         signature: tuple[torch.Size, ...],
         plan: _SignaturePlan,
@@ -852,7 +876,6 @@ class TorchSession:
         When ORT refuses a predicted shape, the call is rerun once with ORT allocating the
         predicted outputs, and the plan learns from what it produced.
         """
-        binding = self._binding(key)
         device = self._ort_device
         empty = torch.empty
         kwargs = self._empty_kwargs
@@ -861,8 +884,6 @@ class TorchSession:
         passthrough: list[tuple[_Slot, torch.Tensor | None]] | None = None
         position = 0  # outputs bound so far
         try:
-            for (name, _, elem_type, _, _, where), tensor in zip(self._input_checks, tensors):
-                binding.bind_input(name, where, elem_type, tensor.shape, tensor.data_ptr())
             for slot in slots:
                 shape = slot.shape
                 if shape is not None and buffers is None:
@@ -925,7 +946,11 @@ class TorchSession:
                     raise
                 if first_attempt is None and retry and is_output_refusal(exc):
                     loose = [replace(s, shape=None) if s in retry else s for s in slots]
-                    results = self._execute(tensors, signature, plan, loose, key, buffers, options, first_attempt=exc)
+                    fresh_binding = self._binding(key)
+                    self._bind_inputs(fresh_binding, tensors)
+                    results = self._execute(
+                        fresh_binding, tensors, signature, plan, loose, key, buffers, options, first_attempt=exc
+                    )
                     self._learn(signature, plan, retry, results, refusal=exc)
                     return results
                 error = translate(exc, "run")
@@ -949,6 +974,13 @@ class TorchSession:
         if buffers:
             torch.autograd.graph.increment_version(tuple(buffers.values()))
         return results
+
+    def _bind_inputs(self, binding: Any, tensors: Sequence[torch.Tensor]) -> None:
+        """Bind checked inputs into a fresh binding (after a failed run reset the thread's)."""
+        held = self._local.inputs
+        for index, ((name, _, elem_type, _, _, where), tensor) in enumerate(zip(self._input_checks, tensors)):
+            binding.bind_input(name, where, elem_type, tensor.shape, tensor.data_ptr())
+            held[index] = (tensor.data_ptr(), tensor.shape)
 
     def _bind_failure(
         self, tensors: Sequence[torch.Tensor], slots: Sequence[_Slot], buffers: Mapping[str, torch.Tensor] | None
