@@ -265,6 +265,8 @@ HUGE_SUM = "+".join(["N"] * 50_000)  # 100k characters
         pytest.param("9223372036854775808 - 1", {}, None, id="2**63 literal minus 1"),
         pytest.param("9223372036854775807 + 1", {}, None, id="largest int64 plus 1"),
         pytest.param("N - 1", {"N": 2**63}, None, id="symbol bound beyond int64"),
+        pytest.param("(N*N*N*N) // (N*N*N*N)", {"N": 2**60}, 1, id="240-bit intermediates"),
+        pytest.param("(N*N*N*N*N) // (N*N*N*N*N)", {"N": 2**60}, None, id="300-bit intermediates"),
     ],
 )
 def test_hostile_dim_evaluates_exactly(text: str, env: dict[str, int], expected: int | None) -> None:
@@ -337,6 +339,11 @@ def test_hostile_dim_is_opaque(text: str) -> None:
         # Beyond Python: an intermediate value of 2**256 or more makes the dim unresolvable.
         ("(2 ** 256) // 2 ** 250", None),
         ("2 ** 255 * 2 // 4", None),
+        ("2 ** 255 * 2 // 2 ** 250", None),  # 64 in Python
+        ("2 ** 254 * 2 // 2 ** 250", 32),
+        ("-(2 ** 255) * 2 // 2 ** 250 + 100", None),  # 36 in Python
+        ("-(2 ** 255) * 2 // 2 ** 251 + 100", None),  # 68 in Python
+        ("-(2 ** 254) * 2 // 2 ** 250 + 100", 68),
         ("(1/2) ** 300 * 2 ** 300", None),
         ("(1/2) ** 4 * 32", 2),
         ("2 - 3 + 4", 3),
