@@ -2,9 +2,11 @@
 
 Declared dims come in three forms: ints, symbol names (``"batch"``), and the arithmetic that
 ``torch.onnx.export(dynamo=True)`` writes (``"2*s0"``, ``"(height - 1)//2 + 1"``, ``"8*height"``).
-A small recursive-descent parser turns an expression into a tree that is evaluated with exact
-rational arithmetic; a string that does not parse is an opaque symbol compared by name, which is
-how legacy exporters' names (``"Convout_sample_dim_0"``) and names with spaces work.
+An expression is compiled without recursion into a flat postfix program that is evaluated with
+exact, bounded rational arithmetic; a string that does not parse is an opaque symbol compared by
+name, which is how legacy exporters' names (``"Convout_sample_dim_0"``) and names with spaces work.
+Dim strings come from model files, which may be hostile: parsing and evaluating never raise, take
+time linear in the text, and never build a value of more than a few hundred bits.
 
 Everything here is pure: no ONNX Runtime, no torch, so it is tested on its own.
 """
@@ -12,6 +14,7 @@ Everything here is pure: no ONNX Runtime, no torch, so it is tested on its own.
 from __future__ import annotations
 
 import enum
+import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -66,243 +69,335 @@ _RULE_WORDS: Final = {
 
 
 # --------------------------------------------------------------------------- expressions
+#
+# A dim string is compiled in one left-to-right pass (shunting-yard) into a flat postfix program,
+# and the program is run on an explicit value stack. Neither step recurses, so no input, however
+# deep its parentheses or long its chains of operators, can reach Python's recursion limit, and
+# both steps take time linear in the length of the text: every token is pushed and popped at most
+# once, and every operation works on values of at most a few hundred bits (see _MAX_BITS).
 
-_TOKEN: Final = re.compile(r"\s*(?:(\d+)|([A-Za-z_][A-Za-z0-9_]*)|(//|\*\*|[-+*/%(),]))")
+_SPACE: Final = " \t\n\r\f\v"
+_TOKEN: Final = re.compile(
+    r"[ \t\n\r\f\v]*(?:"
+    r"([0-9]+)"  # 1: an integer literal
+    r"|([A-Za-z_][A-Za-z0-9_]*)[ \t\n\r\f\v]*\("  # 2: a function name and its "("
+    r"|([A-Za-z_][A-Za-z0-9_]*)"  # 3: a symbol
+    r"|(//|\*\*|[-+*/%(),])"  # 4: an operator or punctuation
+    r"|(.)"  # 5: anything else, a syntax error; so matches follow each other without gaps
+    r")",
+    re.DOTALL,
+)
 
+_MAX_DIM: Final = 1 << 63
+"""Sizes are int64: a dim evaluates to an int in ``[0, 2**63)`` or to ``None``."""
 
 _MAX_BITS: Final = 256
-"""No real dim needs more bits; larger intermediate values make an expression unresolvable."""
+"""Every intermediate value must have a numerator and denominator below ``2**_MAX_BITS`` in
+magnitude (literals and bound symbols: within int64), or the dim is unresolvable. No real dim
+comes near it, and it keeps every operation cheap whatever a model file declares: operands of at
+most _MAX_BITS bits give results of at most 2 * _MAX_BITS + 1, and ``**`` is refused up front."""
 
+_BOUND: Final = 1 << _MAX_BITS
 
-class _UnresolvedError(Exception):
-    """An expression cannot be evaluated: a symbol is unbound, or a division is not exact."""
+_MAX_LITERAL_DIGITS: Final = len(str(_MAX_DIM - 1))
+"""A literal with more significant digits than the largest int64 is never converted by ``int()``,
+so Python's limit on converting long digit strings cannot be reached."""
+
+_Value = int | Fraction
+"""An exact value: an ``int`` whenever it is whole, a ``Fraction`` only while it is not."""
 
 
 class _SyntaxError(Exception):
-    pass
+    """The text is not an expression: it becomes an opaque symbol."""
 
 
-def _floor(x: Fraction) -> Fraction:
-    return Fraction(x.numerator // x.denominator)
+class _Op(enum.Enum):
+    ADD = "+"
+    SUB = "-"
+    MUL = "*"
+    TRUE_DIV = "/"
+    FLOOR_DIV = "//"
+    MOD = "%"
+    POW = "**"
+    NEG = "neg"
+    OUT_OF_RANGE = "2**63 or more"  # stands for such a literal: the dim parses but is unresolvable
 
 
-def _ceil(x: Fraction) -> Fraction:
-    return Fraction(-(-x.numerator // x.denominator))
-
-
-def _exact_div(a: Fraction, b: Fraction) -> Fraction:
-    if b == 0:
-        raise _UnresolvedError("division by zero")
-    q = a / b
-    if q.denominator != 1:
-        raise _UnresolvedError("inexact division")
-    return q
-
-
-def _true_div(a: Fraction, b: Fraction) -> Fraction:
-    if b == 0:
-        raise _UnresolvedError("division by zero")
-    return a / b
-
-
-def _floor_div(a: Fraction, b: Fraction) -> Fraction:
-    if b == 0:
-        raise _UnresolvedError("division by zero")
-    return _floor(a / b)
-
-
-def _mod(a: Fraction, b: Fraction) -> Fraction:
-    if b == 0:
-        raise _UnresolvedError("modulo by zero")
-    return a - b * _floor(a / b)
-
-
-def _pow(a: Fraction, b: Fraction) -> Fraction:
-    if b.denominator != 1 or b < 0:
-        raise _UnresolvedError("unsupported power")
-    # Bound the result's size so a hostile dim string cannot stall the process.
-    if max(a.numerator.bit_length(), a.denominator.bit_length()) * int(b) > _MAX_BITS:
-        raise _UnresolvedError("power too large")
-    return a ** int(b)
-
-
-# Functions sympy and torch's exporters print into dims, keyed by lower-cased name.
-_FUNCTIONS: Final[Mapping[str, tuple[int, Callable[..., Fraction]]]] = {
-    "max": (-1, lambda *a: max(a)),
-    "min": (-1, lambda *a: min(a)),
-    "abs": (1, abs),
-    "floor": (1, _floor),
-    "floortoint": (1, _floor),
-    "ceiling": (1, _ceil),
-    "ceil": (1, _ceil),
-    "ceiltoint": (1, _ceil),
-    "trunctoint": (1, lambda x: Fraction(int(x))),
-    "mod": (2, _mod),
-    "pythonmod": (2, _mod),
-    "floordiv": (2, _floor_div),
-    "cleandiv": (2, _exact_div),
-    "inttruediv": (2, _true_div),
-    "truediv": (2, _true_div),
+_BINARY_OPS: Final[Mapping[str, _Op]] = {
+    "+": _Op.ADD,
+    "-": _Op.SUB,
+    "*": _Op.MUL,
+    "/": _Op.TRUE_DIV,
+    "//": _Op.FLOOR_DIV,
+    "%": _Op.MOD,
+    "**": _Op.POW,
 }
 
-_BINARY: Final[Mapping[str, Callable[[Fraction, Fraction], Fraction]]] = {
-    "+": lambda a, b: a + b,
-    "-": lambda a, b: a - b,
-    "*": lambda a, b: a * b,
-    "/": _true_div,
-    "//": _floor_div,
-    "%": _mod,
-    "**": _pow,
+# Python's precedence: ``-2**2 == -4`` (unary minus below ``**``), ``-2*3 == (-2)*3`` (above ``*``).
+_PRECEDENCE: Final[Mapping[_Op, int]] = {
+    _Op.ADD: 1,
+    _Op.SUB: 1,
+    _Op.MUL: 2,
+    _Op.TRUE_DIV: 2,
+    _Op.FLOOR_DIV: 2,
+    _Op.MOD: 2,
+    _Op.NEG: 3,
+    _Op.POW: 4,
 }
-
-
-@dataclass(frozen=True)
-class _Int:
-    value: int
-
-
-@dataclass(frozen=True)
-class _Sym:
-    name: str
-
-
-@dataclass(frozen=True)
-class _Neg:
-    operand: _Node
-
-
-@dataclass(frozen=True)
-class _Bin:
-    op: str
-    left: _Node
-    right: _Node
 
 
 @dataclass(frozen=True)
 class _Call:
     function: str
-    args: tuple[_Node, ...]
+    argc: int
 
 
-_Node = _Int | _Sym | _Neg | _Bin | _Call
-"""A parsed expression: immutable, so a compiled dim can be shared between threads."""
+@dataclass
+class _Frame:
+    """An open parenthesis on the operator stack; ``function`` is set for a call's."""
+
+    function: str | None
+    commas: int = 0
 
 
-class _Parser:
-    def __init__(self, text: str) -> None:
-        self.tokens: list[tuple[str, str]] = []
-        pos = 0
-        text = text.rstrip()
-        while pos < len(text):
-            m = _TOKEN.match(text, pos)
-            if m is None or m.end() == pos:
-                raise _SyntaxError(text[pos:])
-            number, name, op = m.groups()
-            if number is not None:
-                self.tokens.append(("int", number))
-            elif name is not None:
-                self.tokens.append(("name", name))
-            else:
-                self.tokens.append(("op", op))
-            pos = m.end()
-        self.pos = 0
+_PAREN: Final = _Frame(None)
+"""Every plain parenthesis shares this frame: a comma inside one is a syntax error, so it never changes."""
 
-    def peek(self) -> tuple[str, str] | None:
-        return self.tokens[self.pos] if self.pos < len(self.tokens) else None
+_Instr = int | str | _Op | _Call
+"""A postfix instruction: an int literal, a symbol name, an operator, or a call of ``argc`` values."""
 
-    def take_op(self, *ops: str) -> str | None:
-        tok = self.peek()
-        if tok is not None and tok[0] == "op" and tok[1] in ops:
-            self.pos += 1
-            return tok[1]
+
+def _bounded(value: _Value) -> _Value | None:
+    if isinstance(value, int):
+        return value if -_BOUND < value < _BOUND else None
+    if value.denominator == 1:
+        return _bounded(value.numerator)
+    if -_BOUND < value.numerator < _BOUND and value.denominator < _BOUND:
+        return value
+    return None
+
+
+def _true_div(a: _Value, b: _Value) -> _Value | None:
+    if b == 0:
         return None
-
-    def parse(self) -> _Node:
-        node = self.expr()
-        if self.peek() is not None:
-            raise _SyntaxError(str(self.peek()))
-        return node
-
-    def expr(self) -> _Node:
-        node = self.term()
-        while (op := self.take_op("+", "-")) is not None:
-            node = _Bin(op, node, self.term())
-        return node
-
-    def term(self) -> _Node:
-        node = self.unary()
-        while (op := self.take_op("*", "//", "/", "%")) is not None:
-            node = _Bin(op, node, self.unary())
-        return node
-
-    def unary(self) -> _Node:
-        if self.take_op("-") is not None:
-            return _Neg(self.unary())
-        if self.take_op("+") is not None:
-            return self.unary()
-        return self.power()
-
-    def power(self) -> _Node:
-        node = self.atom()
-        if self.take_op("**") is not None:
-            node = _Bin("**", node, self.unary())
-        return node
-
-    def atom(self) -> _Node:
-        tok = self.peek()
-        if tok is None:
-            raise _SyntaxError("unexpected end")
-        kind, text = tok
-        self.pos += 1
-        if kind == "int":
-            return _Int(int(text))
-        if kind == "name":
-            if self.take_op("(") is not None:
-                fname = text.lower()
-                if fname not in _FUNCTIONS:
-                    raise _SyntaxError(f"unknown function {text}")
-                args = [self.expr()]
-                while self.take_op(",") is not None:
-                    args.append(self.expr())
-                if self.take_op(")") is None:
-                    raise _SyntaxError("missing )")
-                arity = _FUNCTIONS[fname][0]
-                if arity >= 0 and len(args) != arity:
-                    raise _SyntaxError(f"{text} takes {arity} arguments")
-                return _Call(fname, tuple(args))
-            return _Sym(text)
-        if kind == "op" and text == "(":
-            node = self.expr()
-            if self.take_op(")") is None:
-                raise _SyntaxError("missing )")
-            return node
-        raise _SyntaxError(text)
+    if isinstance(a, int) and isinstance(b, int):
+        return a // b if a % b == 0 else Fraction(a, b)
+    return Fraction(a) / b
 
 
-def _evaluate(node: _Node, env: Mapping[str, int]) -> Fraction:
-    if isinstance(node, _Int):
-        return Fraction(node.value)
-    if isinstance(node, _Sym):
-        if node.name not in env:
-            raise _UnresolvedError(f"unbound symbol {node.name}")
-        return Fraction(env[node.name])
-    if isinstance(node, _Neg):
-        return -_evaluate(node.operand, env)
-    if isinstance(node, _Bin):
-        return _BINARY[node.op](_evaluate(node.left, env), _evaluate(node.right, env))
-    return _FUNCTIONS[node.function][1](*(_evaluate(a, env) for a in node.args))
+def _clean_div(a: _Value, b: _Value) -> _Value | None:
+    q = _true_div(a, b)
+    return q if q is None or isinstance(q, int) or q.denominator == 1 else None
 
 
-def _symbols(node: _Node) -> frozenset[str]:
-    if isinstance(node, _Int):
-        return frozenset()
-    if isinstance(node, _Sym):
-        return frozenset((node.name,))
-    if isinstance(node, _Neg):
-        return _symbols(node.operand)
-    if isinstance(node, _Bin):
-        return _symbols(node.left) | _symbols(node.right)
-    return frozenset().union(*(_symbols(a) for a in node.args))
+def _floor_div(a: _Value, b: _Value) -> _Value | None:
+    return None if b == 0 else a // b
+
+
+def _mod(a: _Value, b: _Value) -> _Value | None:
+    return None if b == 0 else a % b
+
+
+def _pow_bits(part: int, exponent: int) -> int:
+    """A lower bound on the bit length of ``part ** exponent``, for ``|part| >= 2``."""
+    return (abs(part).bit_length() - 1) * exponent + 1
+
+
+def _pow(a: _Value, b: _Value) -> _Value | None:
+    # A negative or fractional exponent gives no int in Python (2**-1 is 0.5): unresolvable.
+    if not isinstance(b, int) or b < 0:
+        return None
+    if isinstance(a, int) and -1 <= a <= 1:
+        return a**b if a != -1 else (1 if b % 2 == 0 else -1)
+    # Refuse before computing: ``2**2**64`` must not be attempted. Past this check both operands
+    # are small enough that the result has at most 2 * _MAX_BITS bits; _bounded then decides.
+    parts = (a,) if isinstance(a, int) else (a.numerator, a.denominator)
+    if any(abs(p) >= 2 and _pow_bits(p, b) > _MAX_BITS for p in parts):
+        return None
+    return a**b
+
+
+def _max(*args: _Value) -> _Value | None:
+    return max(args)
+
+
+def _min(*args: _Value) -> _Value | None:
+    return min(args)
+
+
+def _abs(x: _Value) -> _Value | None:
+    return -x if x < 0 else x
+
+
+def _floor(x: _Value) -> _Value | None:
+    return math.floor(x)
+
+
+def _ceil(x: _Value) -> _Value | None:
+    return math.ceil(x)
+
+
+def _trunc(x: _Value) -> _Value | None:
+    return math.trunc(x)
+
+
+# Functions sympy and torch's exporters print into dims, keyed by lower-cased name, with their
+# number of arguments (-1: one or more).
+_FUNCTIONS: Final[Mapping[str, tuple[int, Callable[..., _Value | None]]]] = {
+    "max": (-1, _max),
+    "min": (-1, _min),
+    "abs": (1, _abs),
+    "floor": (1, _floor),
+    "floortoint": (1, _floor),
+    "ceiling": (1, _ceil),
+    "ceil": (1, _ceil),
+    "ceiltoint": (1, _ceil),
+    "trunctoint": (1, _trunc),
+    "mod": (2, _mod),
+    "pythonmod": (2, _mod),
+    "floordiv": (2, _floor_div),
+    "cleandiv": (2, _clean_div),
+    "inttruediv": (2, _true_div),
+    "truediv": (2, _true_div),
+}
+
+_BINARY: Final[Mapping[_Op, Callable[[_Value, _Value], _Value | None]]] = {
+    _Op.ADD: lambda a, b: a + b,
+    _Op.SUB: lambda a, b: a - b,
+    _Op.MUL: lambda a, b: a * b,
+    _Op.TRUE_DIV: _true_div,
+    _Op.FLOOR_DIV: _floor_div,
+    _Op.MOD: _mod,
+    _Op.POW: _pow,
+}
+
+
+def _literal(digits: str) -> int | _Op:
+    significant = digits.lstrip("0")
+    if len(significant) > _MAX_LITERAL_DIGITS:
+        return _Op.OUT_OF_RANGE
+    value = int(significant or "0")
+    return value if value < _MAX_DIM else _Op.OUT_OF_RANGE
+
+
+def _pop_operators(stack: list[_Op | _Frame], program: list[_Instr]) -> _Frame | None:
+    """Move operators from ``stack`` to ``program`` down to the innermost open parenthesis."""
+    while stack:
+        top = stack[-1]
+        if isinstance(top, _Frame):
+            return top
+        program.append(top)
+        stack.pop()
+    return None
+
+
+def _compile_expr(text: str) -> tuple[tuple[_Instr, ...], frozenset[str]]:
+    """Shunting-yard: ``text`` -> (postfix program, symbol names). Raises ``_SyntaxError``."""
+    program: list[_Instr] = []
+    stack: list[_Op | _Frame] = []
+    symbols: set[str] = set()
+    expect_operand = True  # False right after an operand, i.e. when a binary operator may come
+    for m in _TOKEN.finditer(text.rstrip(_SPACE)):
+        number, function, name, op, other = m.groups()
+        pos = m.end()
+        if other is not None:
+            raise _SyntaxError(pos)
+        if number is not None or name is not None or function is not None:
+            if not expect_operand:
+                raise _SyntaxError(pos)
+            if number is not None:
+                program.append(_literal(number))
+                expect_operand = False
+            elif name is not None:
+                program.append(name)
+                symbols.add(name)
+                expect_operand = False
+            else:
+                if function.lower() not in _FUNCTIONS:
+                    raise _SyntaxError(pos)
+                stack.append(_Frame(function.lower()))
+            continue
+        if op == "(":
+            if not expect_operand:
+                raise _SyntaxError(pos)
+            stack.append(_PAREN)
+            continue
+        if op in (")", ","):
+            if expect_operand:  # "()", "f()", "(1 +)", "f(1,)"
+                raise _SyntaxError(pos)
+            frame = _pop_operators(stack, program)
+            if frame is None:
+                raise _SyntaxError(pos)
+            if op == ",":
+                if frame.function is None:
+                    raise _SyntaxError(pos)
+                frame.commas += 1
+                expect_operand = True
+                continue
+            stack.pop()
+            if frame.function is not None:
+                arity = _FUNCTIONS[frame.function][0]
+                if arity >= 0 and frame.commas + 1 != arity:
+                    raise _SyntaxError(pos)
+                program.append(_Call(frame.function, frame.commas + 1))
+            expect_operand = False
+        elif expect_operand:
+            if op == "-":
+                stack.append(_Op.NEG)  # prefix: binds its operand later, so nothing is popped
+            elif op != "+":  # unary plus changes nothing, wherever it stands
+                raise _SyntaxError(pos)
+        else:
+            binary = _BINARY_OPS[op]
+            level = _PRECEDENCE[binary]
+            right_assoc = binary is _Op.POW
+            while stack:
+                top = stack[-1]
+                if not isinstance(top, _Op):
+                    break
+                top_level = _PRECEDENCE[top]
+                if top_level < level or (top_level == level and right_assoc):
+                    break
+                program.append(top)
+                stack.pop()
+            stack.append(binary)
+            expect_operand = True
+    if expect_operand:  # empty, or ends in an operator
+        raise _SyntaxError("end")
+    while stack:
+        top = stack.pop()
+        if isinstance(top, _Frame):  # an unclosed parenthesis
+            raise _SyntaxError("end")
+        program.append(top)
+    return tuple(program), frozenset(symbols)
+
+
+def _run(program: Sequence[_Instr], env: Mapping[str, int]) -> _Value | None:
+    """Run a postfix program; ``None`` as soon as any value is unknown or out of bounds."""
+    values: list[_Value] = []
+    for instr in program:
+        result: _Value | None
+        if isinstance(instr, int):
+            result = instr
+        elif isinstance(instr, str):
+            bound = env.get(instr)
+            if not isinstance(bound, int) or not -_MAX_DIM <= bound < _MAX_DIM:
+                return None
+            result = bound
+        elif isinstance(instr, _Call):
+            args = values[len(values) - instr.argc :]
+            del values[len(values) - instr.argc :]
+            result = _FUNCTIONS[instr.function][1](*args)
+        elif instr is _Op.NEG:
+            result = -values.pop()
+        elif instr is _Op.OUT_OF_RANGE:
+            return None
+        else:
+            b = values.pop()
+            result = _BINARY[instr](values.pop(), b)
+        if result is None or (result := _bounded(result)) is None:
+            return None
+        values.append(result)
+    return values[-1]
 
 
 @dataclass(frozen=True)
@@ -316,29 +411,39 @@ class DimExpr:
 
     text: str
     symbols: frozenset[str]
-    _tree: _Node | None  # None: opaque, looked up by its whole text
+    _program: tuple[_Instr, ...] | None  # None: opaque, looked up by its whole text
 
     def evaluate(self, env: Mapping[str, int]) -> int | None:
         """The dim's size under ``env`` (symbol -> size), or ``None`` if it cannot be known.
 
         A dim whose whole text is bound in ``env`` (an input declared the same string) takes that
         size first, so any name works as a symbol, whatever characters it holds.
+
+        Never raises. The size is ``None`` unless it is an integer in ``[0, 2**63)``, and also
+        when a symbol is unbound (or bound outside int64), a division or modulo is by zero, an
+        exponent is negative or fractional, a literal is 2**63 or more, or any intermediate value
+        reaches ``2**_MAX_BITS`` (where Python's unbounded ints would carry on). Otherwise the
+        result is exactly what Python's integer arithmetic gives for the same expression (``/`` and
+        the sympy functions are evaluated with exact fractions).
         """
         if self.text in env:
-            return env[self.text]
-        if self._tree is None:
+            value: _Value | None = env[self.text]
+        elif self._program is None:
             return None
-        try:
-            value = _evaluate(self._tree, env)
-        except (_UnresolvedError, ArithmeticError, RecursionError):
-            return None
-        if value.denominator != 1 or value < 0:
-            return None
-        return int(value)
+        else:
+            value = _run(self._program, env)
+        if isinstance(value, int) and 0 <= value < _MAX_DIM:
+            return int(value)
+        return None
 
 
 def parse_dim(text: str) -> DimExpr:
     """Compile a declared dim string; never raises and never calls ``eval``.
+
+    Any text that is not an expression of integer literals, ASCII names, ``+ - * / // % **``,
+    parentheses and the known functions is an opaque symbol, compared by its whole text. A
+    literal of 2**63 or more still parses, but makes the dim evaluate to ``None``. Time and memory
+    are linear in the length of the text.
 
     >>> parse_dim("2*((H - 1)//2) + 2").evaluate({"H": 7})
     8
@@ -346,10 +451,10 @@ def parse_dim(text: str) -> DimExpr:
     3
     """
     try:
-        tree = _Parser(text).parse()
-    except (_SyntaxError, RecursionError, ValueError):  # ValueError: int() of a huge literal
+        program, symbols = _compile_expr(text)
+    except _SyntaxError:
         return DimExpr(text, frozenset((text,)), None)
-    return DimExpr(text, _symbols(tree), tree)
+    return DimExpr(text, symbols, program)
 
 
 def format_dims(dims: Sequence[Dim] | None) -> str:
@@ -490,6 +595,10 @@ class ShapeProgram:
             if isinstance(dim, int):
                 if dim < 0:
                     raise ShapeError(f"output_shapes[{name!r}]: dim {dim} is negative")
+                if dim >= _MAX_DIM:
+                    raise ShapeError(
+                        f"output_shapes[{name!r}]: dim {dim} does not fit in int64; give a size below 2**63"
+                    )
                 compiled.append(dim)
                 continue
             expr = parse_dim(dim)
@@ -606,8 +715,9 @@ class ShapeProgram:
                 if plans[i] is not None:
                     continue
                 dims = inferred.get(name)
-                if dims is not None and all(d is not None for d in dims):
-                    plans[i] = OutputPlan(name, Rule.INFERRED, tuple(d for d in dims if d is not None), reasons[i])
+                sizes = tuple(d for d in dims or () if d is not None and 0 <= d < _MAX_DIM)
+                if dims is not None and len(sizes) == len(dims):
+                    plans[i] = OutputPlan(name, Rule.INFERRED, sizes, reasons[i])
                 else:
                     reasons[i] += "; shape inference could not tell"
         return tuple(
@@ -622,6 +732,8 @@ def _evaluate_dims(exprs: Sequence[int | DimExpr | None], binding: SymbolBinding
         if expr is None:
             return None, f"dim {axis} is undeclared"
         if isinstance(expr, int):
+            if not 0 <= expr < _MAX_DIM:  # a model may declare -1 for "unknown"
+                return None, f"dim {axis} is declared {expr}, which is not a size"
             shape.append(expr)
             continue
         # A symbol that inputs disagree on (a diffusers UNet's timestep tied to the batch symbol)
@@ -632,6 +744,12 @@ def _evaluate_dims(exprs: Sequence[int | DimExpr | None], binding: SymbolBinding
             return None, f"dim {axis} ({expr.text!r}) uses {conflicting[0]!r}, which inputs bind to {sizes}"
         value = expr.evaluate(binding.env)
         if value is None:
+            used = {expr.text} if expr.text in binding.env else expr.symbols
+            if all(s in binding.env for s in used):
+                given = ", ".join(f"{s}={binding.env[s]}" for s in sorted(used))
+                return None, f"dim {axis} ({expr.text!r}) is not an integer in [0, 2**63)" + (
+                    f" with {given}" if given else ""
+                )
             return None, f"dim {axis} ({expr.text!r}) is not bound by any input"
         shape.append(value)
     return tuple(shape), ""

@@ -186,17 +186,23 @@ def test_deep_nesting_does_not_crash(text: str) -> None:
 
 
 def test_huge_int_literal_does_not_raise() -> None:
-    # Python refuses int() of a string over sys.get_int_max_str_digits() (4300) digits; the
-    # literal then becomes an opaque name instead of an exception.
+    # Python refuses int() of a string over sys.get_int_max_str_digits() (4300) digits; such a
+    # literal is never converted: it parses, and the dim cannot be known.
     text = "1" * 5000
-    assert parse_dim(text).text == text
+    expr = parse_dim(text)
+    assert expr.text == text
+    assert expr.symbols == frozenset()
+    assert expr.evaluate({}) is None
+    assert expr.evaluate({text: 5}) == 5  # an input declaring the same text still binds it
 
 
 def test_nested_power_is_bounded() -> None:
     # Unbounded, the result would have 64**6 = 2**36 bits and take minutes; it must give up fast.
     text = "((((((2)**64)**64)**64)**64)**64)**64"
     code = f"from ortbind._shapes import parse_dim; print(parse_dim({text!r}).evaluate({{}}))"
-    done = run_python("-c", code, timeout=5, check=True)
+    # Importing ortbind (and so torch) alone takes seconds on a loaded machine; the guard is
+    # against minutes.
+    done = run_python("-c", code, timeout=60, check=True)
     assert done.stdout.strip() == "None"
 
 
@@ -213,6 +219,153 @@ def test_deep_expression_evaluated_from_a_deep_stack() -> None:
         return expr.evaluate({"s0": 1}) if levels == 0 else nested(levels - 1)
 
     assert nested(100) in (None, 1)
+
+
+# --------------------------------------------------------------------------- hostile dim strings
+# Dim strings come from model files. Whatever their length or shape, parse_dim and evaluate must
+# answer (a size or None), never raise, never recurse as deep as the input, never build giant ints.
+
+LONG_SUM = "+".join(["N"] * 1500)
+HUGE_SUM = "+".join(["N"] * 50_000)  # 100k characters
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "expected"),
+    [
+        pytest.param(LONG_SUM, {"N": 3}, 4500, id="1500-term sum"),
+        pytest.param(HUGE_SUM, {"N": 2}, 100_000, id="100k-char sum"),
+        pytest.param(
+            "100000 + " + "-".join(["N"] * 50_000) + "+" + "*".join(["N"] * 50_000),
+            {"N": 1},
+            100_000 + 1 - 49_999 + 1,
+            id="100k-char mixed",
+        ),
+        pytest.param("(" * 5000 + "N" + ")" * 5000, {"N": 7}, 7, id="5000 parentheses"),
+        pytest.param("(" * 50_000 + "N" + ")" * 50_000, {"N": 7}, 7, id="50000 parentheses"),
+        pytest.param("1+(" * 5000 + "N" + ")" * 5000, {"N": 7}, 5007, id="right-nested sum"),
+        pytest.param("-" * 10_000 + "N", {"N": 4}, 4, id="10000 unary minus"),
+        pytest.param("-" * 10_001 + "N", {"N": 0}, 0, id="10001 unary minus of 0"),
+        pytest.param("-" * 10_001 + "N", {"N": 4}, None, id="10001 unary minus, negative"),
+        pytest.param("+-" * 5000 + "3", {}, 3, id="alternating unary"),
+        pytest.param("Max(" * 3000 + "1" + ")" * 3000, {}, 1, id="3000 nested calls"),
+        pytest.param("Max(" + ", ".join(["N"] * 20_000) + ", 9)", {"N": 2}, 9, id="20000 arguments"),
+        pytest.param("2**" * 3 + "2", {}, 65536, id="power tower of 4"),
+        pytest.param("2**" * 5000 + "1", {}, None, id="power tower of 5000"),
+        pytest.param("*".join(["N"] * 40), {"N": 2}, 2**40, id="40 factors of 2"),
+        pytest.param("*".join(["N"] * 40), {"N": 3}, None, id="40 factors of 3: 2**63 or more"),
+        pytest.param("*".join(["N"] * 40), {"N": 128}, None, id="40 factors of 128: 280 bits"),
+        pytest.param(
+            "(" + "*".join(["N"] * 40) + ") // (" + "*".join(["N"] * 39) + ")", {"N": 2}, 2, id="quotient of products"
+        ),
+        pytest.param("1" * 400, {}, None, id="400-digit literal"),
+        pytest.param("1" * 400 + " * 0", {}, None, id="400-digit literal times 0"),
+        pytest.param("0" * 1000 + "7", {}, 7, id="leading zeros"),
+        pytest.param("9223372036854775807", {}, 2**63 - 1, id="largest int64"),
+        pytest.param("9223372036854775808", {}, None, id="2**63"),
+        pytest.param("9223372036854775808 - 1", {}, None, id="2**63 literal minus 1"),
+        pytest.param("9223372036854775807 + 1", {}, None, id="largest int64 plus 1"),
+        pytest.param("N - 1", {"N": 2**63}, None, id="symbol bound beyond int64"),
+        pytest.param("(N*N*N*N) // (N*N*N*N)", {"N": 2**60}, 1, id="240-bit intermediates"),
+        pytest.param("(N*N*N*N*N) // (N*N*N*N*N)", {"N": 2**60}, None, id="300-bit intermediates"),
+    ],
+)
+def test_hostile_dim_evaluates_exactly(text: str, env: dict[str, int], expected: int | None) -> None:
+    assert parse_dim(text).evaluate(env) == expected
+
+
+def test_hostile_dim_symbols() -> None:
+    assert parse_dim(LONG_SUM).symbols == {"N"}
+    assert parse_dim("(" * 5000 + "N" + ")" * 5000).symbols == {"N"}
+    assert parse_dim("1" * 400).symbols == frozenset()
+    assert parse_dim("+".join(f"s{i}" for i in range(3000))).symbols == {f"s{i}" for i in range(3000)}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param("-" * 10_000, id="only minus signs"),
+        pytest.param("(" * 5000 + "N" + ")" * 4999, id="unclosed parenthesis"),
+        pytest.param("(" * 4999 + "N" + ")" * 5000, id="extra closing parenthesis"),
+        pytest.param("N" + " N" * 50_000, id="100k-char names with spaces"),
+        pytest.param("N+" * 50_000, id="100k-char sum ending in +"),
+        pytest.param("x" * 99_999 + "!", id="100k-char name ending in !"),
+        pytest.param("N\x00", id="NUL after a name"),
+        pytest.param("\x00" * 1000, id="NUL bytes"),
+        pytest.param("N + \u0663", id="Arabic-Indic digit"),
+        pytest.param("\uff2e + 1", id="fullwidth N"),
+        pytest.param("N\u00a0+ 1", id="no-break space"),
+        pytest.param("\U0001f600", id="emoji"),
+        pytest.param("\ud800", id="lone surrogate"),
+        pytest.param("", id="empty"),
+        pytest.param("   ", id="blank"),
+        pytest.param("()", id="empty parentheses"),
+        pytest.param("Max(1,)", id="trailing comma"),
+        pytest.param("(1, 2)", id="comma outside a call"),
+        pytest.param("N()", id="a symbol called"),
+        pytest.param("1 2", id="two literals"),
+        pytest.param("* 2", id="leading binary operator"),
+        pytest.param("2 ** * 3", id="operator after operator"),
+    ],
+)
+def test_hostile_dim_is_opaque(text: str) -> None:
+    expr = parse_dim(text)
+    assert expr.symbols == {text}
+    assert expr.evaluate({"N": 1}) is None
+    assert expr.evaluate({text: 3}) == 3
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # Python's integer semantics: floor division and a remainder with the divisor's sign.
+        ("7 // -2 + 10", 6),
+        ("-7 // 2 + 10", 6),
+        ("7 % -3 + 5", 3),
+        ("-7 % 3", 2),
+        ("-2 ** 2", None),  # -(2**2) == -4, not (-2)**2
+        ("(-2) ** 2", 4),
+        ("-2 ** 2 + 5", 1),
+        ("2 ** -1", None),  # 0.5 in Python: not an int
+        ("0 ** -1", None),  # ZeroDivisionError in Python
+        ("2 ** -1 * 2", None),
+        ("2 ** 3 ** 2", 512),
+        ("(2 ** 3) ** 2", 64),
+        ("2 ** -2 ** 2 * 16", None),  # 2**(-(2**2)) * 16 == 1.0, a float in Python
+        ("0 ** 0", 1),
+        ("(-1) ** 1000001 + 1", 0),
+        ("1 ** (2 ** 200)", 1),
+        ("0 ** (2 ** 200)", 0),
+        ("(2 ** 255) // 2 ** 250", 32),
+        # Beyond Python: an intermediate value of 2**256 or more makes the dim unresolvable.
+        ("(2 ** 256) // 2 ** 250", None),
+        ("2 ** 255 * 2 // 4", None),
+        ("2 ** 255 * 2 // 2 ** 250", None),  # 64 in Python
+        ("2 ** 254 * 2 // 2 ** 250", 32),
+        ("-(2 ** 255) * 2 // 2 ** 250 + 100", None),  # 36 in Python
+        ("-(2 ** 255) * 2 // 2 ** 251 + 100", None),  # 68 in Python
+        ("-(2 ** 254) * 2 // 2 ** 250 + 100", 68),
+        ("(1/2) ** 300 * 2 ** 300", None),
+        ("(1/2) ** 4 * 32", 2),
+        ("2 - 3 + 4", 3),
+        ("12 / 4 / 3", 1),
+        ("12 // 4 * 3", 9),
+        ("2 * 3 % 4", 2),
+    ],
+)
+def test_semantics_follow_python(text: str, expected: int | None) -> None:
+    assert parse_dim(text).evaluate({}) == expected
+
+
+def test_whole_text_binding_outside_int64_is_unknown() -> None:
+    assert parse_dim("N").evaluate({"N": 2**63}) is None
+    assert parse_dim("N").evaluate({"N": -1}) is None
+    assert parse_dim("N").evaluate({"N": 2**63 - 1}) == 2**63 - 1
+
+
+def test_long_sum_program_builds_and_plans() -> None:
+    # Once a RecursionError while the session was being built.
+    program = ShapeProgram(["x"], [("N",)], ["y"], [(LONG_SUM, "N")])
+    assert program.plan([(2,)]) == (OutputPlan("y", Rule.DECLARED, (3000, 2)),)
 
 
 # --------------------------------------------------------------------------- ShapeProgram
@@ -527,3 +680,62 @@ def test_rule_label(rule: Rule, label: str) -> None:
 )
 def test_format_dims(dims: tuple[int | str | None, ...] | None, text: str) -> None:
     assert format_dims(dims) == text
+
+
+# --------------------------------------------------------------------------- int64 bounds in plans
+
+
+def test_plan_large_int64_dim_is_declared() -> None:
+    program = ShapeProgram(["x"], [("N",)], ["y"], [("N*1000000000000", "N")])
+    assert program.plan([(9_000_000,)]) == (OutputPlan("y", Rule.DECLARED, (9_000_000_000_000_000_000, 9_000_000)),)
+
+
+def test_plan_dim_beyond_int64_goes_to_inference() -> None:
+    program = ShapeProgram(["x"], [("N",)], ["y"], [("N*1000000000000", "N")])
+    infer = FakeInfer({"y": (5, 10_000_000)})
+    assert program.plan([(10_000_000,)], infer) == (
+        OutputPlan(
+            "y",
+            Rule.INFERRED,
+            (5, 10_000_000),
+            "dim 0 ('N*1000000000000') is not an integer in [0, 2**63) with N=10000000",
+        ),
+    )
+
+
+def test_plan_negative_expression_goes_to_ort() -> None:
+    program = ShapeProgram(["x"], [("N",)], ["y"], [("N - 10",)])
+    assert program.plan([(3,)]) == (
+        OutputPlan("y", Rule.ORT, None, "dim 0 ('N - 10') is not an integer in [0, 2**63) with N=3"),
+    )
+
+
+def test_plan_negative_declared_int_goes_to_ort() -> None:
+    program = ShapeProgram(["x"], [("N",)], ["y"], [(-1, "N")])
+    assert program.plan([(3,)]) == (OutputPlan("y", Rule.ORT, None, "dim 0 is declared -1, which is not a size"),)
+
+
+@pytest.mark.parametrize("inferred", [(-1, 3), (2**63, 3)], ids=["negative", "2**63"])
+def test_plan_inferred_dim_outside_int64_goes_to_ort(inferred: tuple[int, ...]) -> None:
+    program = ShapeProgram(["x"], [("N",)], ["y"], [("M", "N")])
+    assert program.plan([(3,)], FakeInfer({"y": inferred})) == (
+        OutputPlan("y", Rule.ORT, None, "dim 0 ('M') is not bound by any input; shape inference could not tell"),
+    )
+
+
+def test_override_int_beyond_int64_is_rejected() -> None:
+    with pytest.raises(ShapeError) as info:
+        ShapeProgram(["x"], [("N",)], ["y"], [None], overrides={"y": (2**63,)})
+    assert str(info.value) == (
+        "output_shapes['y']: dim 9223372036854775808 does not fit in int64; give a size below 2**63"
+    )
+
+
+def test_override_expression_beyond_int64_cannot_be_evaluated() -> None:
+    program = ShapeProgram(["x"], [("N",)], ["y"], [None], overrides={"y": ("N**40",)})
+    assert program.plan([(2,)]) == (OutputPlan("y", Rule.OVERRIDE, (2**40,)),)
+    with pytest.raises(ShapeError) as info:
+        program.plan([(3,)])
+    assert str(info.value) == (
+        "output_shapes['y']: cannot evaluate it: dim 0 ('N**40') is not an integer in [0, 2**63) with N=3"
+    )
