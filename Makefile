@@ -35,7 +35,7 @@ $(OLDEST_PY):
 	$(PYTHON) -m venv $(OLDEST_VENV)
 
 $(OLDEST_VENV)/.test-deps: pyproject.toml constraints-oldest.txt | $(OLDEST_PY)
-	$(OLDEST_PY) -m pip install --disable-pip-version-check -c constraints-oldest.txt $(PIP_ARGS) -e . pytest
+	$(OLDEST_PY) -m pip install --disable-pip-version-check -c constraints-oldest.txt $(PIP_ARGS) -e . pytest hypothesis
 	touch $@
 
 demo: $(VENV)/.demo-deps
