@@ -18,9 +18,10 @@ import shutil
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import onnx
+from onnxruntime.transformers.fusion_options import FusionOptions
+from onnxruntime.transformers.optimizer import optimize_model
 
 __all__ = ["COMPONENTS", "fusion_options", "optimize_folder"]
 
@@ -37,10 +38,8 @@ COMPONENTS: Mapping[str, str] = {
 _EXTERNAL_DATA_BYTES = 1 << 30
 
 
-def fusion_options(model_type: str, *, target: str, fp16: bool) -> Any:
+def fusion_options(model_type: str, *, target: str, fp16: bool) -> FusionOptions:
     """The optimizer's FusionOptions for a component on ``target`` (``"cpu"`` or ``"cuda"``)."""
-    from onnxruntime.transformers.fusion_options import FusionOptions
-
     options = FusionOptions(model_type)
     if target == "cpu":
         # Contrib ops the CPU provider has no kernel for.
@@ -88,12 +87,10 @@ def optimize_folder(
     Raises:
         ValueError: ``target`` is neither, fp16 for CPU, or ``target_dir`` exists.
     """
-    from onnxruntime.transformers.optimizer import optimize_model
-
     if target not in ("cpu", "cuda"):
         raise ValueError(f"target: expected 'cpu' or 'cuda', got {target!r}")
     if fp16 and target == "cpu":
-        raise ValueError("fp16: float16 kernels of ORT's CPU provider are few and slow; optimize fp16 for target='cuda'")
+        raise ValueError("fp16: ORT's CPU provider has few, slow float16 kernels; optimize fp16 for target='cuda'")
     src, dst = Path(source), Path(target_dir)
     if dst.exists():
         raise ValueError(f"{dst}: already exists; pass a new folder")
