@@ -1,7 +1,8 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   creates .venv if missing, installs ortbind with the example's dependencies, and
 #               runs the Stable Diffusion example on its built-in tiny model
-#   make test   the same plus test dependencies, then runs the test suite (what CI runs)
+#   make test   the same plus test dependencies (and, as root, the Debian browser the web UI's
+#               test drives), then runs the test suite (what CI runs)
 #   make test-oldest
 #               creates .venv-oldest with the oldest releases pyproject.toml allows
 #               (constraints-oldest.txt) and runs the core tests there (CI runs it after make test)
@@ -18,7 +19,7 @@ OLDEST_VENV ?= .venv-oldest
 OLDEST_PY := $(OLDEST_VENV)/bin/python
 OLDEST_TESTS ?= tests -m "not slow" --ignore=tests/test_stable_diffusion.py
 
-.PHONY: demo test test-oldest lint bench clean
+.PHONY: demo test test-oldest lint bench clean browser
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -41,7 +42,19 @@ $(OLDEST_VENV)/.test-deps: pyproject.toml constraints-oldest.txt | $(OLDEST_PY)
 demo: $(VENV)/.demo-deps
 	$(PY) -m examples.stable_diffusion.txt2img --prompt "an astronaut riding a horse on the moon" --out out/demo.png
 
-test: $(VENV)/.test-deps
+# Headless Chromium and its driver for the browser test in tests/test_app.py. Quick when present; installed
+# with apt-get when missing and running as root (as CI does), else the test says why it skips.
+BROWSER_PACKAGES := chromium chromium-driver
+browser:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing $(BROWSER_PACKAGES) for the browser test"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y -q --no-install-recommends $(BROWSER_PACKAGES) >/dev/null \
+		|| { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends $(BROWSER_PACKAGES) >/dev/null; }; \
+	else echo "note: $(BROWSER_PACKAGES) missing and not root: the browser test will skip"; fi
+
+test: $(VENV)/.test-deps browser
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-oldest: $(OLDEST_VENV)/.test-deps

@@ -14,14 +14,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-
+from . import defaults
+from .defaults import REAL_SIZE, TINY_SIZE
 from .export import ensure_tiny_model
 from .pipeline import SCHEDULERS, OrtStableDiffusionPipeline
 
 __all__ = ["main"]
-
-TINY_SIZE = 64
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__.split("\n\n")[0] if __doc__ else None,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--prompt", default="an astronaut riding a horse on the moon", help="what to draw")
+    parser.add_argument("--prompt", default=defaults.PROMPT, help="what to draw")
     parser.add_argument("--negative-prompt", default=None, help="what to steer away from")
     parser.add_argument(
         "--model", type=Path, default=None, help="diffusers ONNX folder; default: the built-in tiny model"
@@ -40,15 +38,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--out", type=Path, default=Path("out.png"), help="PNG to write (out-1.png, ... for --batch > 1)"
     )
-    parser.add_argument("--steps", type=int, default=20, help="denoising steps")
-    parser.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (<= 1 disables it)")
-    parser.add_argument("--scheduler", choices=sorted(SCHEDULERS), default="pndm", help="diffusers scheduler")
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument("--steps", type=int, default=defaults.STEPS, help="denoising steps")
     parser.add_argument(
-        "--height", type=int, default=None, help=f"pixels, multiple of 8 (default {TINY_SIZE} tiny, 512 real)"
+        "--guidance", type=float, default=defaults.GUIDANCE, help="classifier-free guidance scale (<= 1 disables it)"
     )
     parser.add_argument(
-        "--width", type=int, default=None, help=f"pixels, multiple of 8 (default {TINY_SIZE} tiny, 512 real)"
+        "--scheduler", choices=sorted(SCHEDULERS), default=defaults.SCHEDULER, help="diffusers scheduler"
+    )
+    parser.add_argument("--seed", type=int, default=defaults.SEED, help="random seed")
+    parser.add_argument(
+        "--height", type=int, default=None, help=f"pixels, multiple of 8 (default {TINY_SIZE} tiny, {REAL_SIZE} real)"
+    )
+    parser.add_argument(
+        "--width", type=int, default=None, help=f"pixels, multiple of 8 (default {TINY_SIZE} tiny, {REAL_SIZE} real)"
     )
     parser.add_argument("--batch", type=int, default=1, help="images per prompt")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
@@ -59,13 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m examples.stable_diffusion.txt2img`` and ``ortbind-txt2img``."""
     args = build_parser().parse_args(argv)
-    default_size = TINY_SIZE if args.model is None else 512
+    default_size = defaults.default_size(tiny=args.model is None)
     height = args.height or default_size
     width = args.width or default_size
     try:
         model_dir = args.model if args.model is not None else ensure_tiny_model(args.cache_dir)
         pipe = OrtStableDiffusionPipeline.from_pretrained(model_dir, args.device, scheduler=args.scheduler)
-        generator = torch.Generator("cpu").manual_seed(args.seed)
+        generator = defaults.seeded_generator(args.seed)
         result = pipe(
             args.prompt,
             negative_prompt=args.negative_prompt,
