@@ -69,6 +69,7 @@ bench: $(VENV)/.test-deps
 	$(PY) benchmarks/overhead.py
 	$(PY) benchmarks/sd_pipeline.py
 	$(PY) benchmarks/cpu_spinning.py
+	$(PY) benchmarks/serve_batching.py
 
 clean:
 	rm -rf $(VENV) $(OLDEST_VENV) out build *.egg-info .pytest_cache .mypy_cache .ruff_cache
