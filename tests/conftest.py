@@ -2,8 +2,31 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+
 import pytest
 import torch
+
+_OWN_CACHE = pytest.StashKey[str]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One tiny Stable Diffusion build per run, shared by every module and the namespaced child run.
+
+    The SD tests read ``$ORTBIND_TEST_CACHE``; unless the caller chose one, it is a fresh folder
+    removed at the end, so each run still builds from scratch once (about 30 s), not once per module.
+    """
+    if not os.environ.get("ORTBIND_TEST_CACHE"):
+        config.stash[_OWN_CACHE] = os.environ["ORTBIND_TEST_CACHE"] = tempfile.mkdtemp(prefix="ortbind-sd-cache-")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    own = config.stash.get(_OWN_CACHE, None)
+    if own is not None:
+        shutil.rmtree(own, ignore_errors=True)
+        del os.environ["ORTBIND_TEST_CACHE"]
 
 
 @pytest.fixture(autouse=True)
