@@ -28,6 +28,8 @@ import pytest
 
 from examples.stable_diffusion.network import OFFLINE_ENV, interfaces_up, loopback_only
 
+__all__ = ["MARKER", "loopback_only", "report_from_namespace", "require_loopback_only"]
+
 MARKER = "loopback"
 _RESULTS = pytest.StashKey[dict[str, Any]]()
 _TIMEOUT_S = 900
@@ -141,11 +143,8 @@ def _report(item: pytest.Item, when: str, outcome: str, longrepr: Any, duration:
         nodeid=item.nodeid,
         location=item.location,
         keywords=dict.fromkeys(item.keywords, 1),
-        outcome=outcome,  # type: ignore[arg-type]
+        outcome=outcome,
         longrepr=longrepr,
-        when=when,  # type: ignore[arg-type]
+        when=when,
         duration=duration,
     )
-
-
-__all__ = ["MARKER", "loopback_only", "report_from_namespace", "require_loopback_only"]

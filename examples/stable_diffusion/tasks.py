@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -250,7 +250,9 @@ class Task:
 
     Attributes:
         name: The tab's title and the route, ``/<name>``.
-        request: The request type; ``request.from_json(body)`` parses an HTTP body.
+        request: The request type; ``request.from_json(body)`` parses an HTTP body. Tasks that
+            take the text-to-image fields and more (img2img's image and strength) subclass
+            :class:`Txt2ImgRequest`.
         load: ``(model_dir, device) -> pipeline``.
         run: ``(pipeline, requests of one batch key, default size, progress) -> images per request``.
     """
@@ -265,8 +267,3 @@ TASKS: dict[str, Task] = {
     "txt2img": Task("txt2img", Txt2ImgRequest, _load_txt2img, run_txt2img),
 }
 """Task name -> request type, pipeline factory, runner. img2img and inpaint join here as rows."""
-
-
-def request_fields(request_type: type[Any]) -> Mapping[str, Any]:
-    """A request type's fields and defaults, for forms and docs."""
-    return {f.name: f.default for f in dataclasses.fields(request_type)}
