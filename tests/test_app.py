@@ -6,6 +6,7 @@ same prompt, steps and seed: PNG both ways, so equal to the bit.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -193,7 +194,7 @@ def test_page_generates_with_a_moving_progress_bar(browser: Any, app_url: str, c
     # Everything the page loaded came from the app itself.
     urls = {
         entry["params"]["request"]["url"]
-        for entry in (_json(e["message"])["message"] for e in browser.get_log("performance"))
+        for entry in (json.loads(e["message"])["message"] for e in browser.get_log("performance"))
         if entry["method"] == "Network.requestWillBeSent"
     }
     # (The browser's own chrome:// pages are not the network.)
@@ -201,7 +202,38 @@ def test_page_generates_with_a_moving_progress_bar(browser: Any, app_url: str, c
     assert not outside, outside
 
 
-def _json(text: str) -> Any:
-    import json
+def test_the_command_serves_the_page(cache_dir: Path, tmp_path: Path) -> None:
+    require_loopback_only()
+    import subprocess
+    import sys
+    import urllib.error
 
-    return json.loads(text)
+    from .reference import REPO_ROOT
+
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "GRADIO_TEMP_DIR": str(tmp_path / "gradio")}
+    command = [
+        sys.executable,
+        "-m",
+        "examples.stable_diffusion.app",
+        "--cache-dir",
+        str(cache_dir),
+        "--port",
+        str(port),
+    ]
+    with subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as proc:
+        try:
+            deadline = time.monotonic() + 120
+            while True:
+                assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+                try:
+                    with loopback_opener().open(f"http://127.0.0.1:{port}/config", timeout=5) as response:
+                        config = json.loads(response.read())
+                    break
+                except (urllib.error.URLError, ConnectionError):
+                    assert time.monotonic() < deadline, "the page did not come up in 120 s"
+                    time.sleep(0.5)
+            assert config["title"] == "ortbind Stable Diffusion"
+            assert "/txt2img" in {f"/{d['api_name']}" for d in config["dependencies"] if d.get("api_name")}
+        finally:
+            proc.kill()
