@@ -62,10 +62,7 @@ def main() -> int:
 
     def ortbind_call(i: int) -> int:
         x = inputs[i % len(inputs)]
-        if i % 5 == 0:
-            out = sess.run({"x": x}, out={"relu": buffers[x.numel()]})
-        else:
-            out = sess(x=x)
+        out = sess.run({"x": x}, out={"relu": buffers[x.numel()]}) if i % 5 == 0 else sess(x=x)
         return int(out["nz"].shape[1])
 
     def numpy_call(i: int) -> int:
