@@ -151,4 +151,8 @@ def test_unknown_route_and_method(server: str) -> None:
     assert status == 404
     assert json.loads(payload)["error"] == "no route /img2pdf; the routes are POST /txt2img"
     with loopback_opener().open(f"{server}/", timeout=30) as response:
-        assert json.loads(response.read())["tasks"] == ["txt2img"]
+        listing = json.loads(response.read())
+    assert listing["tasks"] == ["txt2img"]
+    assert listing["fields"]["txt2img"] == [
+        *("prompt", "negative_prompt", "steps", "guidance", "seed", "scheduler", "width", "height")
+    ]

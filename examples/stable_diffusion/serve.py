@@ -51,7 +51,6 @@ from . import defaults  # noqa: E402
 from .tasks import TASKS, Models, RequestError  # noqa: E402
 
 __all__ = [
-    "HTTP_FIELDS",
     "NetworkRefusedError",
     "StableDiffusionReplica",
     "StableDiffusionServer",
@@ -60,8 +59,6 @@ __all__ = [
     "start_ray",
 ]
 
-HTTP_FIELDS = ("prompt", "negative_prompt", "steps", "guidance", "seed", "scheduler", "width", "height")
-"""The JSON body's keys: one image per request, so no ``batch``."""
 
 DEFAULT_MAX_BATCH_SIZE = 8
 DEFAULT_BATCH_WAIT_S = 0.05
@@ -103,7 +100,8 @@ class StableDiffusionReplica:
         """Route ``POST /<task>``; ``GET /`` lists the tasks."""
         name = request.url.path.strip("/")
         if name == "" and request.method == "GET":
-            return JSONResponse({"tasks": list(TASKS), "fields": list(HTTP_FIELDS), "replica": self.replica})
+            fields = {n: list(t.http_fields) for n, t in TASKS.items()}
+            return JSONResponse({"tasks": list(TASKS), "fields": fields, "replica": self.replica})
         task = TASKS.get(name)
         if task is None:
             routes = ", ".join(f"POST /{n}" for n in TASKS)
@@ -115,7 +113,7 @@ class StableDiffusionReplica:
         except ValueError as exc:
             return _error(400, "body", f'not valid JSON ({exc}); send an object such as {{"prompt": "a cat"}}')
         try:
-            parsed = task.request.from_json(body, allow=HTTP_FIELDS)
+            parsed = task.request.from_json(body, allow=task.http_fields)
         except RequestError as exc:
             return _error(422, exc.field, str(exc))
         result = await self.generate((name, parsed))
@@ -305,8 +303,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (NetworkRefusedError, ValueError, FileNotFoundError) as exc:
         print(f"serve: error: {exc}", file=sys.stderr)
         return 2
-    routes = ", ".join(f"POST {url}/{name}" for name in TASKS)
-    print(f"serving {routes} (JSON body: {', '.join(HTTP_FIELDS)}); Ctrl-C stops", flush=True)
+    for name, task in TASKS.items():
+        print(f"serving POST {url}/{name} (JSON body: {', '.join(task.http_fields)})", flush=True)
+    print("Ctrl-C stops", flush=True)
     try:
         while True:
             time.sleep(3600)

@@ -29,6 +29,7 @@ from .pipeline import SCHEDULERS, OrtStableDiffusionPipeline, load_scheduler
 
 __all__ = [
     "TASKS",
+    "TXT2IMG_HTTP_FIELDS",
     "Models",
     "RequestError",
     "Task",
@@ -255,15 +256,19 @@ class Task:
             :class:`Txt2ImgRequest`.
         load: ``(model_dir, device) -> pipeline``.
         run: ``(pipeline, requests of one batch key, default size, progress) -> images per request``.
+        http_fields: The keys an HTTP body may have (one image per HTTP request, so no ``batch``).
     """
 
     name: str
     request: type[Txt2ImgRequest]
     load: Callable[[Path, str], Any]
     run: Callable[[Any, Sequence[Any], int, bool], list[list[Image.Image]]]
+    http_fields: tuple[str, ...]
 
+
+TXT2IMG_HTTP_FIELDS = ("prompt", "negative_prompt", "steps", "guidance", "seed", "scheduler", "width", "height")
 
 TASKS: dict[str, Task] = {
-    "txt2img": Task("txt2img", Txt2ImgRequest, _load_txt2img, run_txt2img),
+    "txt2img": Task("txt2img", Txt2ImgRequest, _load_txt2img, run_txt2img, TXT2IMG_HTTP_FIELDS),
 }
 """Task name -> request type, pipeline factory, runner. img2img and inpaint join here as rows."""
