@@ -206,7 +206,7 @@ def test_the_guard_catches_a_transfer() -> None:
 
 
 def test_bad_requests_are_refused_clearly(ours: OrtStableDiffusionPipeline) -> None:
-    with pytest.raises(ValueError, match=r"^height: must be a positive multiple of 8, got 60; try 64$"):
+    with pytest.raises(ValueError, match=r"^height: must be a positive multiple of 8 \(the VAE.s scale factor\), got 60; try 64$"):
         ours("x", height=60, width=64)
     with pytest.raises(ValueError, match=r"^negative_prompt: got 3 for 2 prompts; pass one string, or one per prompt$"):
         ours(PROMPTS, negative_prompt=["a", "b", "c"])
