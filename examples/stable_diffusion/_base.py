@@ -401,7 +401,8 @@ class OrtPipelineBase:
             if size[0] % factor or size[1] % factor:
                 raise ValueError(f"height and width: must be multiples of {factor}, got {size[1]}x{size[0]}")
             arrays = [np.asarray(_resized(i.convert("RGB"), size), dtype=np.float32) / 255.0 for i in image]
-            pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).to(self.device)
+            # NHWC pixels to the NCHW layout the VAE encoder binds (ortbind refuses strided tensors).
+            pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous().to(self.device)
         else:
             raise ValueError(f"{name}: expected a PIL image, a list of them or a tensor, got {type(image).__name__}")
         return pixels * 2.0 - 1.0
