@@ -231,7 +231,12 @@ def test_inpaint_refuses_a_text_to_image_unet(sd_dir: Path) -> None:
     "kwargs",
     [
         {"guidance_scale": 5.0},  # no negative prompt: force_zeros_for_empty_prompt
-        {"guidance_scale": 5.0, "negative_prompt": "blurry", "prompt_2": ["oil painting", "ink"], "num_images_per_prompt": 2},
+        {
+            "guidance_scale": 5.0,
+            "negative_prompt": "blurry",
+            "prompt_2": ["oil painting", "ink"],
+            "num_images_per_prompt": 2,
+        },
         {
             "guidance_scale": 6.0,
             "original_size": (128, 96),
