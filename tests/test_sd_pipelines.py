@@ -526,3 +526,27 @@ def test_txt2img_cli_runs_an_sdxl_folder(sdxl_dir: Path, tmp_path: Path) -> None
     assert "pipeline: OrtStableDiffusionXLPipeline" in proc.stdout
     with Image.open(out) as written:
         assert written.size == (SIZE, SIZE)
+
+
+def test_the_tiny_model_cache_is_keyed_by_what_builds_it(
+    sd_dir: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.metadata
+
+    from examples.stable_diffusion import cache
+
+    key = cache.tiny_cache_key()
+    assert sd_dir.name == f"tiny-sd-onnx-{key}"
+    real = importlib.metadata.version
+    monkeypatch.setattr(cache.importlib.metadata, "version", lambda name: "0.0" if name == "diffusers" else real(name))
+    assert cache.tiny_cache_key() != key, "another diffusers would build other bytes"
+    monkeypatch.undo()
+    assert cache.tiny_cache_key() == key
+    # A folder left by an older, unkeyed version of the code is never taken for the current model.
+    stale = cache_dir / "tiny-sd-onnx"
+    stale.mkdir(exist_ok=True)
+    try:
+        (stale / "model_index.json").write_text("{}")
+        assert ensure_tiny_model(cache_dir, kind="sd") == sd_dir
+    finally:
+        shutil.rmtree(stale)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,33 +29,21 @@ DEFAULT_VAE_SCALING_FACTOR = 0.18215
 DEFAULT_VAE_SCALE_FACTOR = 8
 
 
+@dataclass
 class VaeSettings:
     """What the pipelines need to know of a VAE besides its two ONNX models.
 
     Attributes:
         scaling_factor: Latents are multiplied by it after encoding and divided before decoding.
         scale_factor: Image pixels per latent pixel, ``2 ** (len(block_out_channels) - 1)``.
-        latents_mean: Per-channel mean some VAEs (SDXL's refiner-era ones) normalize with, or None.
+        latents_mean: Per-channel mean some VAEs normalize latents with, or None.
         latents_std: Per-channel standard deviation paired with ``latents_mean``, or None.
     """
 
-    def __init__(
-        self,
-        scaling_factor: float = DEFAULT_VAE_SCALING_FACTOR,
-        scale_factor: int = DEFAULT_VAE_SCALE_FACTOR,
-        latents_mean: list[float] | None = None,
-        latents_std: list[float] | None = None,
-    ) -> None:
-        self.scaling_factor = scaling_factor
-        self.scale_factor = scale_factor
-        self.latents_mean = latents_mean
-        self.latents_std = latents_std
-
-    def __repr__(self) -> str:
-        return (
-            f"VaeSettings(scaling_factor={self.scaling_factor}, scale_factor={self.scale_factor}, "
-            f"latents_mean={self.latents_mean}, latents_std={self.latents_std})"
-        )
+    scaling_factor: float = DEFAULT_VAE_SCALING_FACTOR
+    scale_factor: int = DEFAULT_VAE_SCALE_FACTOR
+    latents_mean: list[float] | None = None
+    latents_std: list[float] | None = None
 
 
 class ModelFolder:
@@ -88,20 +77,10 @@ class ModelFolder:
 
     def require(self, names: list[str], pipeline: str) -> None:
         """Raise a ``FileNotFoundError`` naming every part of ``names`` the folder lacks."""
-        missing = [
-            name
-            for name in names
-            if not (
-                self.has_model(name)
-                if name not in ("tokenizer", "tokenizer_2", "scheduler")
-                else (self.root / name).is_dir()
-            )
-        ]
+        parts = [_part(name) for name in names]
+        missing = [part for part in parts if not (self.root / part).exists()]
         if missing:
-            parts = ", ".join(
-                f"{m}/model.onnx" if m not in ("tokenizer", "tokenizer_2", "scheduler") else f"{m}/" for m in missing
-            )
-            raise FileNotFoundError(f"{self.root}: missing {parts}; {pipeline} needs {', '.join(names)}")
+            raise FileNotFoundError(f"{self.root}: missing {', '.join(missing)}; {pipeline} needs {', '.join(parts)}")
 
     def session(self, name: str, device: str | Any, **session_kwargs: Any) -> ortbind.TorchSession:
         """A :class:`ortbind.TorchSession` of ``name/model.onnx``."""
@@ -156,6 +135,14 @@ class ModelFolder:
         """The UNet's ``sample_size`` (latent pixels of the default image size), when its config says."""
         size = (self.config("unet") or {}).get("sample_size")
         return int(size) if isinstance(size, int) else None
+
+
+_FOLDERS = ("tokenizer", "tokenizer_2", "scheduler")
+
+
+def _part(name: str) -> str:
+    """The path a component lives at: ``unet/model.onnx``, or ``tokenizer/`` for the non-models."""
+    return f"{name}/" if name in _FOLDERS else f"{name}/model.onnx"
 
 
 _MULTIPLE = re.compile(r"^\s*(\d+)\s*\*\s*[A-Za-z_]\w*\s*$")
