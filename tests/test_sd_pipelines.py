@@ -380,7 +380,8 @@ def test_optimum_layout_runs_and_picks_its_pipelines(sd_dir: Path, sdxl_dir: Pat
     [
         ("OnnxStableDiffusionPipeline", None, OrtStableDiffusionPipeline),
         ("StableDiffusionPipeline", "image-to-image", OrtStableDiffusionImg2ImgPipeline),
-        ("OnnxStableDiffusionImg2ImgPipeline", None, OrtStableDiffusionPipeline),
+        ("OnnxStableDiffusionImg2ImgPipeline", None, OrtStableDiffusionImg2ImgPipeline),
+        ("OnnxStableDiffusionImg2ImgPipeline", "text-to-image", OrtStableDiffusionPipeline),
         ("ORTStableDiffusionImg2ImgPipeline", "image-to-image", OrtStableDiffusionImg2ImgPipeline),
         ("OnnxStableDiffusionInpaintPipeline", None, OrtStableDiffusionInpaintPipeline),
         ("ORTStableDiffusionInpaintPipeline", None, OrtStableDiffusionInpaintPipeline),

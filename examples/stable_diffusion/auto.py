@@ -41,8 +41,9 @@ def pipeline_for_model(model_dir: str | Path, task: Task | None = None) -> type[
 
     Args:
         model_dir: The ONNX folder.
-        task: Run the folder's models for another task than its class names: an SD or SDXL
-            text-to-image folder runs image-to-image too (with a ``vae_encoder/``).
+        task: Run the folder's models for another task than its class name says (the default):
+            an SD or SDXL text-to-image folder runs image-to-image too (with a ``vae_encoder/``),
+            and an image-to-image one text-to-image.
 
     Raises:
         ValueError: The class name is not a Stable Diffusion pipeline, or the model cannot do ``task``.
@@ -56,9 +57,9 @@ def pipeline_for_model(model_dir: str | Path, task: Task | None = None) -> type[
             f"expected one of {', '.join(sorted({c for cls in PIPELINES.values() for c in cls._class_names}))}"
         )
     xl = base.startswith("StableDiffusionXL") or (folder.root / "text_encoder_2").is_dir()
-    own_task = next((t for marker, t in _TASK_OF_CLASS.items() if marker in base), "text-to-image")
+    own_task: Task = next((t for marker, t in _TASK_OF_CLASS.items() if marker in base), "text-to-image")
     family = "sdxl" if xl else ("sd-inpaint" if own_task == "inpainting" else "sd")
-    wanted = task or ("text-to-image" if family != "sd-inpaint" else "inpainting")
+    wanted = task or own_task
     try:
         return PIPELINES[(family, wanted)]
     except KeyError:

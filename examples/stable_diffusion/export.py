@@ -265,9 +265,8 @@ def export_onnx(
 
     with publish_atomically(target) as staging:
         _export_all(components, staging, opset, progress)
-        for folder in ("tokenizer", "tokenizer_2", "scheduler"):
-            if folder in kind.components or folder in ("tokenizer", "scheduler"):
-                shutil.copytree(source / folder, staging / folder)
+        for folder in ("tokenizer", *(["tokenizer_2"] if xl else []), "scheduler"):
+            shutil.copytree(source / folder, staging / folder)
         _write_onnx_index(staging / "model_index.json", source_index, kind, [c.name for c in components])
     return target
 
