@@ -551,3 +551,14 @@ def test_the_tiny_model_cache_is_keyed_by_what_builds_it(
         assert ensure_tiny_model(cache_dir, kind="sd") == sd_dir
     finally:
         shutil.rmtree(stale)
+
+
+def test_the_package_imports_diffusers_only_when_a_pipeline_is_used() -> None:
+    code = (
+        "import sys, examples.stable_diffusion as sd, examples.stable_diffusion.cache;"
+        "print('diffusers' in sys.modules);"
+        "sd.OrtStableDiffusionImg2ImgPipeline;"
+        "print('diffusers' in sys.modules)"
+    )
+    proc = run_python("-c", code, timeout=120, check=True)
+    assert proc.stdout.split() == ["False", "True"]
