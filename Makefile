@@ -34,9 +34,9 @@ lint: $(VENV)/.test-deps
 	$(PY) -m mypy
 
 bench: $(VENV)/.test-deps
-	$(PY) benchmarks/overhead.py
-	$(PY) benchmarks/sd_pipeline.py
-	$(PY) benchmarks/cpu_spinning.py
+	$(PY) -m benchmarks.overhead
+	$(PY) -m benchmarks.sd_pipeline
+	$(PY) -m benchmarks.cpu_spinning
 
 clean:
 	rm -rf $(VENV) out build *.egg-info .pytest_cache .mypy_cache .ruff_cache

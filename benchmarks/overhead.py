@@ -14,7 +14,7 @@ For each tiny model, prints microseconds per call for:
 and the ratios of TorchSession to the numpy run and to the floor. Single-threaded (ORT and torch
 both set to one thread) so the figures measure Python and binding overhead, not kernel scaling.
 
-Run: ``python benchmarks/overhead.py [--repeat 7] [--number 2000]``.
+Run from the repo root: ``python -m benchmarks.overhead [--repeat 7] [--number 2000]``.
 """
 
 from __future__ import annotations

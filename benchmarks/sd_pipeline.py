@@ -14,7 +14,7 @@ so machine drift hits both), the speed ratio, and for the ONNX pipelines the sha
 spent outside ONNX Runtime runs (pipeline overhead: scheduler, guidance, copies, decoding loop).
 A sanity check asserts both sides produce the same images.
 
-Run: ``python benchmarks/sd_pipeline.py [--model DIR] [--device cuda] [--rounds 5]``; without
+Run from the repo root: ``python -m benchmarks.sd_pipeline [--model DIR] [--device cuda] [--rounds 5]``; without
 ``--model`` the tiny random-weight models are built (or reused from the cache); the SDXL table
 runs on the tiny SDXL unless ``--sdxl-model ONNX_DIR --sdxl-torch TORCH_DIR`` are given.
 """
