@@ -66,10 +66,11 @@ lint: $(VENV)/.test-deps
 	$(PY) -m mypy
 
 bench: $(VENV)/.test-deps
-	$(PY) benchmarks/overhead.py
-	$(PY) benchmarks/sd_pipeline.py
-	$(PY) benchmarks/cpu_spinning.py
-	$(PY) benchmarks/serve_batching.py
+	$(PY) -m benchmarks.overhead
+	$(PY) -m benchmarks.sd_pipeline
+	$(PY) -m benchmarks.cpu_spinning
+	$(PY) -m benchmarks.serve_batching
+	$(PY) -m benchmarks.soak
 
 clean:
 	rm -rf $(VENV) $(OLDEST_VENV) out build *.egg-info .pytest_cache .mypy_cache .ruff_cache

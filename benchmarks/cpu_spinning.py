@@ -9,7 +9,7 @@ of ``examples.stable_diffusion.pipeline.cpu_session_options``.
 Each variant runs in its own process (threads left spinning by one variant would otherwise slow
 the other), the processes alternate on, off, on, off..., and the median over processes is shown.
 
-Run: ``python benchmarks/cpu_spinning.py [--model DIR] [--processes 4] [--rounds 7]``.
+Run from the repo root: ``python -m benchmarks.cpu_spinning [--model DIR] [--processes 4] [--rounds 7]``.
 """
 
 from __future__ import annotations
@@ -66,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         for variant in ("on", "off"):
             child = [
                 sys.executable,
-                __file__,
+                "-m",
+                "benchmarks.cpu_spinning",
                 "--child",
                 variant,
                 "--model",
@@ -76,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
                 "--steps",
                 str(args.steps),
             ]
-            done = subprocess.run(child, capture_output=True, text=True, check=True)
+            done = subprocess.run(
+                child, capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[1]
+            )
             runs[variant].append(json.loads(done.stdout.strip().splitlines()[-1]))
     print(
         f"model {model_dir}; cpu; onnxruntime {ort.__version__}; torch {torch.__version__}; PNDM, {args.steps} "

@@ -27,7 +27,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -76,13 +76,21 @@ SD15_CLIP: dict[str, Any] = {
 }
 SMALL_UNET = {**SD15_UNET, "block_out_channels": (32, 64, 64, 64), "cross_attention_dim": 64, "attention_head_dim": 2}
 SMALL_VAE = {**SD15_VAE, "block_out_channels": (32, 32, 64, 64), "layers_per_block": 1}
-SMALL_CLIP = {**SD15_CLIP, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2}
+SMALL_CLIP = {
+    **SD15_CLIP,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+}
 
 
 def build_torch_pipeline(root: Path, *, small: bool) -> Path:
     """SD 1.5's architecture with random weights (seed 0), saved with ``save_pretrained``."""
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    import diffusers
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    d: Any = diffusers  # untyped library: its classes are called through Any
 
     tiny = build_tiny_pipeline(root / "tiny")  # only its offline byte-level tokenizer is reused
     tokenizer = CLIPTokenizer.from_pretrained(tiny / "tokenizer")
@@ -94,12 +102,12 @@ def build_torch_pipeline(root: Path, *, small: bool) -> Path:
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    pipe = StableDiffusionPipeline(
-        vae=AutoencoderKL(**(SMALL_VAE if small else SD15_VAE)),
+    pipe: Any = d.StableDiffusionPipeline(
+        vae=d.AutoencoderKL(**(SMALL_VAE if small else SD15_VAE)),
         text_encoder=CLIPTextModel(config),
         tokenizer=tokenizer,
-        unet=UNet2DConditionModel(**(SMALL_UNET if small else SD15_UNET)),
-        scheduler=PNDMScheduler.from_pretrained(tiny / "scheduler"),
+        unet=d.UNet2DConditionModel(**(SMALL_UNET if small else SD15_UNET)),
+        scheduler=d.PNDMScheduler.from_pretrained(tiny / "scheduler"),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
@@ -174,13 +182,17 @@ def main(argv: list[str] | None = None) -> int:
         from diffusers import StableDiffusionPipeline
 
         dtype = torch.float16 if on_gpu else torch.float32
-        pipe = StableDiffusionPipeline.from_pretrained(torch_dir, torch_dtype=dtype).to(device)
+        pipe = cast(Any, StableDiffusionPipeline).from_pretrained(torch_dir, torch_dtype=dtype).to(device)
         pipe.set_progress_bar_config(disable=True)
 
         def generate() -> object:
             generator = torch.Generator().manual_seed(0)
             return pipe(
-                prompt, height=args.size, width=args.size, num_inference_steps=args.steps, generator=generator,
+                prompt,
+                height=args.size,
+                width=args.size,
+                num_inference_steps=args.steps,
+                generator=generator,
                 output_type="pt",
             )
 
@@ -191,13 +203,17 @@ def main(argv: list[str] | None = None) -> int:
         from diffusers import OnnxStableDiffusionPipeline
 
         provider = "CUDAExecutionProvider" if on_gpu else "CPUExecutionProvider"
-        pipe = OnnxStableDiffusionPipeline.from_pretrained(onnx_dir, provider=provider, provider_options={})
+        pipe = cast(Any, OnnxStableDiffusionPipeline).from_pretrained(onnx_dir, provider=provider, provider_options={})
         pipe.set_progress_bar_config(disable=True)
 
         def generate() -> object:
             return pipe(
-                prompt, height=args.size, width=args.size, num_inference_steps=args.steps,
-                generator=np.random.RandomState(0), output_type="np",
+                prompt,
+                height=args.size,
+                width=args.size,
+                num_inference_steps=args.steps,
+                generator=np.random.RandomState(0),
+                output_type="np",
             )
 
         return generate

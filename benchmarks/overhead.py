@@ -17,7 +17,7 @@ thread) so the figures measure Python and binding overhead, not kernel scaling. 
 calling thread's CPU time (ORT runs in that thread), so other processes on a busy machine disturb
 them less than wall time would; the rounds of all paths are interleaved.
 
-Run: ``python benchmarks/overhead.py [--repeat 7] [--number 2000]``.
+Run from the repo root: ``python -m benchmarks.overhead [--repeat 7] [--number 2000]``.
 """
 
 from __future__ import annotations

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +22,7 @@ from diffusers import (
 from examples.stable_diffusion.export import ensure_tiny_model, tiny_torch_pipeline_dir
 from examples.stable_diffusion.pipeline import SCHEDULERS, OrtStableDiffusionPipeline, load_scheduler
 
-from .reference import run_python
+from .reference import forbid_host_transfers, run_python
 
 pytestmark = pytest.mark.slow
 
@@ -36,12 +33,6 @@ ONNX_ATOL = 1e-5
 SIZE = {"height": 64, "width": 64}
 # Ours vs diffusers' torch pipeline on the same weights: exporter and kernel rounding.
 TORCH_ATOL = 1e-4
-
-
-@pytest.fixture(scope="session")
-def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    shared = os.environ.get("ORTBIND_TEST_CACHE")
-    return Path(shared) if shared else tmp_path_factory.mktemp("sd-cache")
 
 
 @pytest.fixture(scope="session")
@@ -143,33 +134,6 @@ def test_euler_equals_torch_pipeline(
     np.testing.assert_allclose(got, expected, rtol=0, atol=TORCH_ATOL)
 
 
-@contextmanager
-def forbid_host_transfers() -> Iterator[list[str]]:
-    """Make every tensor-to-host or numpy conversion raise inside the block; yields what was tried."""
-    attempts: list[str] = []
-    patched: list[tuple[Any, str, Any]] = []
-
-    def guard(owner: Any, name: str) -> None:
-        original = getattr(owner, name)
-
-        def refuse(*args: Any, **kwargs: Any) -> Any:
-            attempts.append(f"{getattr(owner, '__name__', owner)}.{name}")
-            raise AssertionError(f"host transfer inside the denoising loop: {name}")
-
-        patched.append((owner, name, original))
-        setattr(owner, name, refuse)
-
-    for name in ("numpy", "cpu", "item", "tolist", "__array__"):
-        guard(torch.Tensor, name)
-    for name in ("asarray", "array", "ascontiguousarray"):
-        guard(np, name)
-    try:
-        yield attempts
-    finally:
-        for owner, name, original in reversed(patched):
-            setattr(owner, name, original)
-
-
 @pytest.mark.parametrize("scheduler", sorted(SCHEDULERS))
 def test_no_numpy_and_no_host_transfer_inside_the_loop(
     onnx_dir: Path, scheduler: str, monkeypatch: pytest.MonkeyPatch
@@ -206,7 +170,9 @@ def test_the_guard_catches_a_transfer() -> None:
 
 
 def test_bad_requests_are_refused_clearly(ours: OrtStableDiffusionPipeline) -> None:
-    with pytest.raises(ValueError, match=r"^height: must be a positive multiple of 8, got 60; try 64$"):
+    with pytest.raises(
+        ValueError, match=r"^height: must be a positive multiple of 8 \(the VAE.s scale factor\), got 60; try 64$"
+    ):
         ours("x", height=60, width=64)
     with pytest.raises(ValueError, match=r"^negative_prompt: got 3 for 2 prompts; pass one string, or one per prompt$"):
         ours(PROMPTS, negative_prompt=["a", "b", "c"])

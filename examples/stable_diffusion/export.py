@@ -1,39 +1,40 @@
-"""Export a diffusers Stable Diffusion pipeline to the diffusers ONNX folder layout.
+"""Export a diffusers Stable Diffusion torch folder (SD 1.x/2.x, inpainting, SDXL) to ONNX.
 
-The layout is the one diffusers' ``OnnxStableDiffusionPipeline`` loads (diffusers < 0.43)::
+SD 1.x/2.x and inpainting folders get diffusers' ONNX layout (what ``OnnxStableDiffusionPipeline``
+and ``OnnxStableDiffusionInpaintPipeline`` load, diffusers < 0.43); SDXL, which diffusers has no
+ONNX pipeline for, gets optimum's (``ORTStableDiffusionXLPipeline``)::
 
-    model_index.json          OnnxStableDiffusionPipeline, four OnnxRuntimeModel entries
-    text_encoder/model.onnx   input_ids (int32) -> last_hidden_state, pooler_output
-    unet/model.onnx           sample, timestep, encoder_hidden_states -> out_sample
-    vae_encoder/model.onnx    sample -> latent_sample (sampled, not the mean)
-    vae_decoder/model.onnx    latent_sample -> sample
-    */config.json             the torch component's config (the VAE one holds scaling_factor)
-    tokenizer/, scheduler/    copied from the source pipeline
+    model_index.json            the ONNX pipeline class, one entry per component
+    text_encoder/model.onnx     input_ids (int32) -> last_hidden_state, pooler_output[, hidden_states.N]
+    text_encoder_2/model.onnx   SDXL: input_ids -> text_embeds, last_hidden_state, hidden_states.N
+    unet/model.onnx             sample, timestep, encoder_hidden_states[, text_embeds, time_ids] -> out_sample
+    vae_encoder/model.onnx      sample -> latent_parameters (mean and log-variance, as optimum writes)
+    vae_decoder/model.onnx      latent_sample -> sample
+    */config.json               the torch component's config (the VAE one holds scaling_factor)
+    tokenizer*/, scheduler/     copied from the source pipeline
+
+The VAE encoder outputs the latent distribution's parameters rather than a sample, so the model
+is deterministic and the pipeline draws the sample with the caller's generator, in the order
+diffusers' torch pipelines do. (diffusers' own convert script writes a sampled ``latent_sample``;
+the pipelines here accept both.)
 
 Models are exported with the dynamo exporter, so the declared output dims are symbolic
-expressions over the input dims (for example ``8*height`` for the VAE decoder) rather than
-opaque names. A model whose weights pass the protobuf limit is written as ``model.onnx`` plus one
-``weights.pb`` data file, the name diffusers' ``OnnxRuntimeModel.save_pretrained`` copies along.
-
-The module also builds a tiny Stable Diffusion with random weights, fully offline, for tests::
+expressions over the input dims (for example ``8*height`` for the VAE decoder). A model whose
+weights pass the protobuf limit is written as ``model.onnx`` plus one ``weights.pb`` data file,
+the name diffusers' ``OnnxRuntimeModel.save_pretrained`` copies along::
 
     python -m examples.stable_diffusion.export SRC DST [--fp16] [--opset N]
-    python -m examples.stable_diffusion.export --tiny DST
+    python -m examples.stable_diffusion.export --tiny DST [--kind sd|inpaint|sdxl]
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.metadata
 import json
-import logging
-import os
 import shutil
 import sys
-import tempfile
-import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -43,26 +44,19 @@ import onnx_ir
 import torch
 from tqdm import tqdm
 
+from .cache import ensure_tiny_model, publish_atomically, require_missing_or_empty, tiny_torch_pipeline_dir
+from .tiny import TINY_KINDS
+
 if TYPE_CHECKING:
-    from transformers import CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTokenizer
 
 # diffusers and transformers are imported inside the functions that use them: together they take
-# seconds to import and StableDiffusionPipeline prints torchvision notices, which a caller that only
-# wants a cached model's path should not pay for. The diffusers classes come from their defining
-# modules because its top-level names resolve, for mypy, to placeholder classes without methods;
-# from there they are untyped (Any), hence the Any annotations on diffusers models below.
+# seconds to import and print torchvision notices, which a caller that only wants a cached model's
+# path should not pay for. The diffusers classes come from their defining modules because its
+# top-level names resolve, for mypy, to placeholder classes without methods; from there they are
+# untyped (Any), hence the Any annotations on diffusers models below.
 
-__all__ = [
-    "build_tiny_pipeline",
-    "default_cache_dir",
-    "ensure_tiny_model",
-    "export_onnx",
-    "main",
-    "tiny_torch_pipeline_dir",
-]
-
-TINY_TORCH_DIRNAME: Final = "tiny-sd-torch"
-TINY_ONNX_DIRNAME: Final = "tiny-sd-onnx"
+__all__ = ["SOURCE_PIPELINES", "ensure_tiny_model", "export_onnx", "export_vae", "main", "tiny_torch_pipeline_dir"]
 
 # diffusers' own names (diffusers.utils.constants): OnnxRuntimeModel loads ONNX_WEIGHTS_NAME and
 # copies ONNX_EXTERNAL_WEIGHTS_NAME along when it saves, so other data file names get lost.
@@ -73,34 +67,56 @@ _EXTERNAL_DATA_FILENAME: Final = "weights.pb"
 # data a little before the weights alone reach the limit.
 _EXTERNAL_DATA_THRESHOLD_BYTES: int = 2**31 - 128 * 2**20
 
-# Component classes the export knows how to wrap; anything else would export with wrong names.
-_SOURCE_CLASSES: Final[dict[str, tuple[str, ...]]] = {
+
+@dataclass(frozen=True)
+class _SourceKind:
+    """What one kind of torch pipeline folder holds and which ONNX pipeline class it becomes."""
+
+    onnx_class: str
+    components: dict[str, tuple[str, ...]]
+
+
+_SD_COMPONENTS: Final = {
     "text_encoder": ("CLIPTextModel",),
     "unet": ("UNet2DConditionModel",),
     "vae": ("AutoencoderKL",),
     "tokenizer": ("CLIPTokenizer", "CLIPTokenizerFast"),
 }
+_SDXL_COMPONENTS: Final = {
+    **_SD_COMPONENTS,
+    "text_encoder_2": ("CLIPTextModelWithProjection",),
+    "tokenizer_2": ("CLIPTokenizer", "CLIPTokenizerFast"),
+}
+SOURCE_PIPELINES: Final[dict[str, _SourceKind]] = {
+    "StableDiffusionPipeline": _SourceKind("OnnxStableDiffusionPipeline", _SD_COMPONENTS),
+    "StableDiffusionImg2ImgPipeline": _SourceKind("OnnxStableDiffusionImg2ImgPipeline", _SD_COMPONENTS),
+    "StableDiffusionInpaintPipeline": _SourceKind("OnnxStableDiffusionInpaintPipeline", _SD_COMPONENTS),
+    "StableDiffusionXLPipeline": _SourceKind("ORTStableDiffusionXLPipeline", _SDXL_COMPONENTS),
+    "StableDiffusionXLImg2ImgPipeline": _SourceKind("ORTStableDiffusionXLImg2ImgPipeline", _SDXL_COMPONENTS),
+}
+"""Torch pipeline classes :func:`export_onnx` reads -> the ONNX pipeline class it writes."""
 
-_TINY_MODEL_MAX_LENGTH: Final = 77
-_TINY_MERGES: Final = ("t h", "th e</w>", "o f</w>", "a n</w>", "i n", "in g</w>", "c a", "ca t</w>")
-_BOS_TOKEN: Final = "<|startoftext|>"
-_EOS_TOKEN: Final = "<|endoftext|>"
+# Pipeline settings (diffusers' register_to_config) that the ONNX pipelines read from model_index.json.
+_PIPELINE_SETTINGS: Final = ("force_zeros_for_empty_prompt", "requires_aesthetics_score", "requires_safety_checker")
 
 
 # ---------------------------------------------------------------------------------------------
-# Export wrappers: each exposes exactly the inputs and outputs diffusers' ONNX pipeline uses, with
-# the forward parameter names equal to the ONNX input names (dynamic_shapes is keyed on them).
+# Export wrappers: each exposes exactly the inputs and outputs the ONNX pipelines use, with the
+# forward parameter names equal to the ONNX input names (dynamic_shapes is keyed on them).
 # ---------------------------------------------------------------------------------------------
 
 
 class _TextEncoder(torch.nn.Module):
-    def __init__(self, text_encoder: CLIPTextModel) -> None:
+    def __init__(self, text_encoder: Any, *, hidden_states: bool) -> None:
         super().__init__()
         self.text_encoder = text_encoder
+        self.hidden_states = hidden_states
 
-    def forward(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        output = self.text_encoder(input_ids=input_ids, return_dict=True)
-        return output.last_hidden_state, output.pooler_output
+    def forward(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        output = self.text_encoder(input_ids=input_ids, output_hidden_states=self.hidden_states, return_dict=True)
+        # CLIPTextModel gives last_hidden_state first, CLIPTextModelWithProjection text_embeds.
+        head = (output[0], output[1])
+        return (*head, *output.hidden_states) if self.hidden_states else head
 
 
 class _UNet(torch.nn.Module):
@@ -115,17 +131,36 @@ class _UNet(torch.nn.Module):
         return output
 
 
+class _UNetXL(torch.nn.Module):
+    def __init__(self, unet: Any) -> None:
+        super().__init__()
+        self.unet = unet
+
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        text_embeds: torch.Tensor,
+        time_ids: torch.Tensor,
+    ) -> torch.Tensor:
+        added = {"text_embeds": text_embeds, "time_ids": time_ids}
+        output: torch.Tensor = self.unet(
+            sample, timestep, encoder_hidden_states, added_cond_kwargs=added, return_dict=False
+        )[0]
+        return output
+
+
 class _VaeEncoder(torch.nn.Module):
     def __init__(self, vae: Any) -> None:
         super().__init__()
         self.vae = vae
 
     def forward(self, sample: torch.Tensor) -> torch.Tensor:
-        posterior = self.vae.encode(sample, return_dict=True).latent_dist
-        # DiagonalGaussianDistribution.sample() draws with torch.randn(shape), which cannot take
-        # symbolic sizes; randn_like exports as RandomNormalLike and follows the input's shape.
-        latent: torch.Tensor = posterior.mean + posterior.std * torch.randn_like(posterior.mean)
-        return latent
+        # The distribution's parameters (mean and log-variance stacked on the channel axis), not a
+        # sample: the pipeline samples with the caller's generator, as diffusers' torch pipelines do.
+        parameters: torch.Tensor = self.vae.encode(sample, return_dict=True).latent_dist.parameters
+        return parameters
 
 
 class _VaeDecoder(torch.nn.Module):
@@ -166,88 +201,121 @@ def export_onnx(
     opset: int = 20,
     progress: bool = True,
 ) -> Path:
-    """Export a local diffusers Stable Diffusion pipeline to diffusers' ONNX folder layout.
+    """Export a local diffusers Stable Diffusion torch folder to ONNX.
 
-    The four models are traced with ``torch.onnx.export(dynamo=True)``. Batch, height and width
-    are dynamic everywhere, and so is the token sequence length of the text encoder and of the
-    UNet's ``encoder_hidden_states``. The inputs and outputs are named as
-    ``OnnxStableDiffusionPipeline`` feeds and reads them:
+    Reads what ``save_pretrained`` of one of :data:`SOURCE_PIPELINES` writes (SD 1.x/2.x,
+    img2img, inpainting with a 9-channel UNet, SDXL and SDXL img2img). Every model is traced with
+    ``torch.onnx.export(dynamo=True)``; batch, height and width are dynamic everywhere, and so is
+    the token sequence length. Inputs and outputs are named as diffusers' and optimum's ONNX
+    pipelines feed and read them:
 
-    * ``text_encoder``: ``input_ids`` (int32, as the ONNX pipeline casts it) ->
-      ``last_hidden_state``, ``pooler_output``.
-    * ``unet``: ``sample``, ``timestep``, ``encoder_hidden_states`` -> ``out_sample``. The timestep
-      is traced, as in diffusers' convert script, as a 1-D float tensor in the weights' dtype, so
-      it is declared float32 (float16 with ``fp16=True``); the ONNX pipeline reads that type from
-      the model and casts to it. Its dim carries the ``batch`` symbol because the UNet expands the
-      timestep to the sample batch, yet diffusers sends shape ``(1,)`` with any batch and ONNX
-      Runtime accepts it.
-    * ``vae_encoder``: ``sample`` -> ``latent_sample``, drawn from the posterior with
-      ``RandomNormalLike`` (unscaled: the pipeline applies the VAE scaling factor).
+    * ``text_encoder``: ``input_ids`` (int32) -> ``last_hidden_state``, ``pooler_output``, and
+      for SDXL every layer's ``hidden_states.N`` (SDXL conditions on the penultimate one).
+    * ``text_encoder_2`` (SDXL): ``input_ids`` -> ``text_embeds`` (the pooled projection),
+      ``last_hidden_state``, ``hidden_states.N``.
+    * ``unet``: ``sample``, ``timestep``, ``encoder_hidden_states`` and for SDXL ``text_embeds``
+      and ``time_ids`` -> ``out_sample``. The timestep is a 1-D float tensor in the weights' dtype,
+      as in diffusers' convert script.
+    * ``vae_encoder``: ``sample`` -> ``latent_parameters`` (mean and log-variance, unscaled).
     * ``vae_decoder``: ``latent_sample`` -> ``sample``.
 
     The output folder is assembled in a temporary sibling and moved into place at the end, so an
     interrupted export leaves no half-written ``output_dir``.
 
     Args:
-        pipeline_dir: A folder written by ``StableDiffusionPipeline.save_pretrained``
-            (``model_index.json``, ``text_encoder/``, ``unet/``, ``vae/``, ``tokenizer/``,
-            ``scheduler/``).
+        pipeline_dir: A folder written by ``save_pretrained`` of a diffusers Stable Diffusion pipeline.
         output_dir: Where to write the ONNX layout; must be missing or empty.
-        fp16: Export half-precision weights, so every float input and output is float16. Tracing
-            runs on the CPU; whether ONNX Runtime's CPU provider can run every float16 op is up to
-            the runtime, a GPU provider can.
+        fp16: Export half-precision weights, so every float input and output is float16.
         opset: ONNX opset version to export with.
-        progress: Show a tqdm progress bar over the four models.
+        progress: Show a tqdm progress bar over the models.
 
     Returns:
         ``output_dir`` as a ``Path``.
 
     Raises:
-        FileNotFoundError: ``pipeline_dir``, its ``model_index.json`` or a component folder is
-            missing.
-        ValueError: ``pipeline_dir`` is not a diffusers Stable Diffusion pipeline with the
-            expected component classes.
+        FileNotFoundError: ``pipeline_dir``, its ``model_index.json`` or a component folder is missing.
+        ValueError: ``pipeline_dir`` is not one of the supported pipelines, or a component has an
+            unexpected class.
         FileExistsError: ``output_dir`` exists and is not empty.
     """
     from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL  # noqa: PLC0415
     from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel  # noqa: PLC0415
-    from transformers import CLIPTextModel, CLIPTokenizer  # noqa: PLC0415
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer  # noqa: PLC0415
 
     source = Path(pipeline_dir)
     target = Path(output_dir)
-    source_index = _read_source_index(source)
-    _require_missing_or_empty(target)
+    source_index, kind = _read_source_index(source)
+    require_missing_or_empty(target)
+    xl = "text_encoder_2" in kind.components
 
     dtype = torch.float16 if fp16 else torch.float32
     tokenizer = CLIPTokenizer.from_pretrained(source / "tokenizer")
     # Loading in the target dtype (rather than .to() afterwards) lets diffusers keep the modules
     # that it must keep in float32; low_cpu_mem_usage=False only silences an accelerate notice.
-    # The export wrappers put everything in eval mode.
-    text_encoder = CLIPTextModel.from_pretrained(source / "text_encoder", dtype=dtype)
+    text_encoders: list[Any] = [CLIPTextModel.from_pretrained(source / "text_encoder", dtype=dtype)]
+    if xl:
+        text_encoders.append(CLIPTextModelWithProjection.from_pretrained(source / "text_encoder_2", dtype=dtype))
     unet = UNet2DConditionModel.from_pretrained(source / "unet", torch_dtype=dtype, low_cpu_mem_usage=False)
     vae = AutoencoderKL.from_pretrained(source / "vae", torch_dtype=dtype, low_cpu_mem_usage=False)
-    components = _components(source, tokenizer, text_encoder, unet, vae, dtype)
+    components = [
+        *_text_components(source, tokenizer, text_encoders, hidden_states=xl),
+        _unet_component(source, tokenizer, unet, dtype, xl=xl, pooled_dim=_pooled_dim(text_encoders)),
+        *_vae_components(source / "vae" / "config.json", vae, dtype, latent_size=int(unet.config.sample_size)),
+    ]
 
-    with _publish_atomically(target) as staging:
-        bar = tqdm(components, desc="Exporting to ONNX", unit="model", disable=not progress)
-        for component in bar:
-            bar.set_postfix_str(component.name)
-            model_path = staging / component.name / _ONNX_FILENAME
-            _export_component(component, model_path, opset)
-            # The path form of the checker reads external data from beside the model; the
-            # in-memory form would fail on models over 2 GB.
-            onnx.checker.check_model(str(model_path))
-            _check_io_names(component, model_path)
-            shutil.copyfile(component.config_file, model_path.parent / "config.json")
-        shutil.copytree(source / "tokenizer", staging / "tokenizer")
-        shutil.copytree(source / "scheduler", staging / "scheduler")
-        _write_onnx_index(staging / "model_index.json", source_index)
+    with publish_atomically(target) as staging:
+        _export_all(components, staging, opset, progress)
+        for folder in ("tokenizer", *(["tokenizer_2"] if xl else []), "scheduler"):
+            shutil.copytree(source / folder, staging / folder)
+        _write_onnx_index(staging / "model_index.json", source_index, kind, [c.name for c in components])
     return target
 
 
-def _read_source_index(pipeline_dir: Path) -> dict[str, Any]:
-    """Read ``model_index.json`` and check that it describes a Stable Diffusion pipeline."""
-    expected = "a folder written by StableDiffusionPipeline.save_pretrained"
+def export_vae(vae_dir: str | Path, output_dir: str | Path, *, latent_size: int = 8, opset: int = 20) -> list[Path]:
+    """Export a torch ``AutoencoderKL`` folder to ``vae_encoder/`` and ``vae_decoder/`` in ``output_dir``.
+
+    For swapping the VAE of an exported pipeline (any number of blocks: the pipelines read the
+    scale factor from the ``config.json`` written beside each model).
+
+    Args:
+        vae_dir: A folder written by ``AutoencoderKL.save_pretrained``.
+        output_dir: The ONNX pipeline folder; its ``vae_encoder/`` and ``vae_decoder/`` must be
+            missing or empty.
+        latent_size: Latent height of the example inputs.
+        opset: ONNX opset version.
+
+    Returns:
+        The two model paths.
+    """
+    from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL  # noqa: PLC0415
+
+    source = Path(vae_dir)
+    vae = AutoencoderKL.from_pretrained(source, low_cpu_mem_usage=False)
+    components = _vae_components(source / "config.json", vae, torch.float32, latent_size=latent_size)
+    for component in components:
+        require_missing_or_empty(Path(output_dir) / component.name)
+    return _export_all(components, Path(output_dir), opset, progress=False)
+
+
+def _export_all(components: list[_Component], root: Path, opset: int, progress: bool) -> list[Path]:
+    paths = []
+    bar = tqdm(components, desc="Exporting to ONNX", unit="model", disable=not progress)
+    for component in bar:
+        bar.set_postfix_str(component.name)
+        model_path = root / component.name / _ONNX_FILENAME
+        _export_component(component, model_path, opset)
+        # The path form of the checker reads external data from beside the model; the in-memory
+        # form would fail on models over 2 GB.
+        onnx.checker.check_model(str(model_path))
+        _check_io_names(component, model_path)
+        shutil.copyfile(component.config_file, model_path.parent / "config.json")
+        paths.append(model_path)
+    return paths
+
+
+def _read_source_index(pipeline_dir: Path) -> tuple[dict[str, Any], _SourceKind]:
+    """Read ``model_index.json`` and check that it describes a supported torch pipeline."""
+    expected = f"a folder written by save_pretrained of {', '.join(SOURCE_PIPELINES)}"
     if not pipeline_dir.is_dir():
         raise FileNotFoundError(f"pipeline folder {pipeline_dir} does not exist; expected {expected}")
     index_path = pipeline_dir / "model_index.json"
@@ -261,16 +329,19 @@ def _read_source_index(pipeline_dir: Path) -> dict[str, Any]:
         raise ValueError(f"{index_path}: expected a JSON object, got {type(index).__name__}")
 
     pipeline_class = index.get("_class_name")
-    if isinstance(pipeline_class, str) and pipeline_class.startswith("Onnx"):
+    if isinstance(pipeline_class, str) and pipeline_class.startswith(("Onnx", "ORT")):
         raise ValueError(f"{index_path}: {pipeline_class} is an ONNX pipeline already; expected {expected}")
+    kind = SOURCE_PIPELINES.get(str(pipeline_class))
+    if kind is None:
+        raise ValueError(f"{index_path}: pipeline class {pipeline_class!r} is not supported; expected {expected}")
 
-    for component in (*_SOURCE_CLASSES, "scheduler"):
+    for component in (*kind.components, "scheduler"):
         entry = index.get(component)
         if entry is None:
             raise ValueError(f"{index_path}: no {component!r} component; expected {expected}")
         if not (isinstance(entry, list) and len(entry) == 2 and all(isinstance(x, str) for x in entry)):
             raise ValueError(f"{index_path}: component {component!r} should be a [library, class] pair, got {entry!r}")
-        accepted = _SOURCE_CLASSES.get(component)
+        accepted = kind.components.get(component)
         if accepted is not None and entry[1] not in accepted:
             raise ValueError(
                 f"{index_path}: component {component!r} has class {entry[1]}, expected {' or '.join(accepted)}"
@@ -279,104 +350,121 @@ def _read_source_index(pipeline_dir: Path) -> dict[str, Any]:
             raise FileNotFoundError(
                 f"{pipeline_dir / component} not found; model_index.json lists {component!r} as {entry[1]}"
             )
-    return index
+    return index, kind
 
 
-def _require_missing_or_empty(path: Path) -> None:
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        raise FileExistsError(f"output folder {path} already exists and is not empty; remove it or pick a new path")
+# Example dims are chosen pairwise distinct (batch 2, width = height + one downsampling step) so
+# that the tracer cannot mistake two independent dims for one. The values come from private
+# generators, so exporting leaves the caller's torch RNG alone.
+_BATCH: Final = 2
 
 
-def _components(
-    source: Path,
-    tokenizer: CLIPTokenizer,
-    text_encoder: CLIPTextModel,
-    unet: Any,
-    vae: Any,
-    dtype: torch.dtype,
-) -> list[_Component]:
-    """Describe the four models with example inputs shaped like a real pipeline call.
-
-    Example dims are chosen pairwise distinct (batch 2, width = height + one downsampling step)
-    so that the tracer cannot mistake two independent dims for one. The values come from a
-    private generator, so exporting leaves the caller's torch RNG alone.
-    """
-    generator = torch.Generator().manual_seed(0)
-    sequence_length: int = tokenizer.model_max_length
-    input_ids = tokenizer(
+def _example_ids(tokenizer: CLIPTokenizer) -> torch.Tensor:
+    ids: torch.Tensor = tokenizer(
         ["a photo of a cat", "a drawing of a dog"],
         padding="max_length",
-        max_length=sequence_length,
+        max_length=tokenizer.model_max_length,
         truncation=True,
         return_tensors="pt",
     ).input_ids.to(torch.int32)
+    return ids
 
-    unet_factor = 2 ** (len(unet.config.block_out_channels) - 1)
-    vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
-    latent_height = int(unet.config.sample_size)
-    latent_width = latent_height + unet_factor
-    batch = input_ids.shape[0]
-    latent_channels = int(vae.config.latent_channels)
 
-    latents = torch.randn(
-        batch, int(unet.config.in_channels), latent_height, latent_width, generator=generator, dtype=dtype
-    )
-    timestep = torch.full((batch,), 981.0, dtype=dtype)
-    hidden_states = torch.randn(
-        batch, sequence_length, int(unet.config.cross_attention_dim), generator=generator, dtype=dtype
-    )
-    image = torch.randn(
-        batch,
-        int(vae.config.in_channels),
-        latent_height * vae_factor,
-        latent_width * vae_factor,
-        generator=generator,
-        dtype=dtype,
-    )
-    vae_latents = torch.randn(batch, latent_channels, latent_height, latent_width, generator=generator, dtype=dtype)
+def _pooled_dim(text_encoders: list[Any]) -> int:
+    return int(text_encoders[-1].config.projection_dim)
 
+
+def _text_components(
+    source: Path, tokenizer: CLIPTokenizer, text_encoders: list[Any], *, hidden_states: bool
+) -> list[_Component]:
+    components = []
+    for index, encoder in enumerate(text_encoders):
+        name = "text_encoder" if index == 0 else f"text_encoder_{index + 1}"
+        head = ("text_embeds", "last_hidden_state") if index else ("last_hidden_state", "pooler_output")
+        layers = int(encoder.config.num_hidden_layers)
+        tail = tuple(f"hidden_states.{i}" for i in range(layers + 1)) if hidden_states else ()
+        components.append(
+            _Component(
+                name=name,
+                module=_TextEncoder(encoder, hidden_states=hidden_states).eval(),
+                example_inputs=(_example_ids(tokenizer),),
+                input_names=("input_ids",),
+                output_names=(*head, *tail),
+                dynamic_shapes={"input_ids": {0: "batch", 1: "sequence"}},
+                config_file=source / name / "config.json",
+            )
+        )
+    return components
+
+
+def _unet_component(
+    source: Path, tokenizer: CLIPTokenizer, unet: Any, dtype: torch.dtype, *, xl: bool, pooled_dim: int
+) -> _Component:
+    generator = torch.Generator().manual_seed(0)
+    factor = 2 ** (len(unet.config.block_out_channels) - 1)
+    height = int(unet.config.sample_size)
+    width = height + factor
+    sequence: int = tokenizer.model_max_length
+    latents = torch.randn(_BATCH, int(unet.config.in_channels), height, width, generator=generator, dtype=dtype)
+    timestep = torch.full((_BATCH,), 981.0, dtype=dtype)
+    hidden = torch.randn(_BATCH, sequence, int(unet.config.cross_attention_dim), generator=generator, dtype=dtype)
     image_dims = {0: "batch", 2: "height", 3: "width"}
-    return [
-        _Component(
-            name="text_encoder",
-            module=_TextEncoder(text_encoder).eval(),
-            example_inputs=(input_ids,),
-            input_names=("input_ids",),
-            output_names=("last_hidden_state", "pooler_output"),
-            dynamic_shapes={"input_ids": {0: "batch", 1: "sequence"}},
-            config_file=source / "text_encoder" / "config.json",
-        ),
-        _Component(
+    dynamic = {
+        "sample": image_dims,
+        "timestep": {0: "batch"},
+        "encoder_hidden_states": {0: "batch", 1: "sequence"},
+    }
+    if not xl:
+        return _Component(
             name="unet",
             module=_UNet(unet).eval(),
-            example_inputs=(latents, timestep, hidden_states),
+            example_inputs=(latents, timestep, hidden),
             input_names=("sample", "timestep", "encoder_hidden_states"),
             # The output must not reuse an input name; diffusers calls it out_sample.
             output_names=("out_sample",),
-            dynamic_shapes={
-                "sample": image_dims,
-                "timestep": {0: "batch"},
-                "encoder_hidden_states": {0: "batch", 1: "sequence"},
-            },
+            dynamic_shapes=dynamic,
             config_file=source / "unet" / "config.json",
-        ),
+        )
+    text_embeds = torch.randn(_BATCH, pooled_dim, generator=generator, dtype=dtype)
+    time_ids = torch.tensor([[64.0, 72.0, 0.0, 0.0, 64.0, 72.0]] * _BATCH, dtype=dtype)
+    return _Component(
+        name="unet",
+        module=_UNetXL(unet).eval(),
+        example_inputs=(latents, timestep, hidden, text_embeds, time_ids),
+        input_names=("sample", "timestep", "encoder_hidden_states", "text_embeds", "time_ids"),
+        output_names=("out_sample",),
+        dynamic_shapes={**dynamic, "text_embeds": {0: "batch"}, "time_ids": {0: "batch"}},
+        config_file=source / "unet" / "config.json",
+    )
+
+
+def _vae_components(config_file: Path, vae: Any, dtype: torch.dtype, *, latent_size: int) -> list[_Component]:
+    generator = torch.Generator().manual_seed(1)
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    height, width = latent_size, latent_size + 2
+    image = torch.randn(
+        _BATCH, int(vae.config.in_channels), height * factor, width * factor, generator=generator, dtype=dtype
+    )
+    latents = torch.randn(_BATCH, int(vae.config.latent_channels), height, width, generator=generator, dtype=dtype)
+    image_dims = {0: "batch", 2: "height", 3: "width"}
+    return [
         _Component(
             name="vae_encoder",
             module=_VaeEncoder(vae).eval(),
             example_inputs=(image,),
             input_names=("sample",),
-            output_names=("latent_sample",),
+            output_names=("latent_parameters",),
             dynamic_shapes={"sample": image_dims},
-            config_file=source / "vae" / "config.json",
+            config_file=config_file,
         ),
         _Component(
             name="vae_decoder",
             module=_VaeDecoder(vae).eval(),
-            example_inputs=(vae_latents,),
+            example_inputs=(latents,),
             input_names=("latent_sample",),
             output_names=("sample",),
             dynamic_shapes={"latent_sample": image_dims},
-            config_file=source / "vae" / "config.json",
+            config_file=config_file,
         ),
     ]
 
@@ -425,301 +513,25 @@ def _check_io_names(component: _Component, model_path: Path) -> None:
         )
 
 
-def _write_onnx_index(path: Path, source_index: dict[str, Any]) -> None:
+def _write_onnx_index(path: Path, source_index: dict[str, Any], kind: _SourceKind, models: list[str]) -> None:
+    xl = kind.onnx_class.startswith("ORT")
+    # optimum's loader ignores these entries' classes; diffusers' needs OnnxRuntimeModel.
     onnx_model = ["diffusers", "OnnxRuntimeModel"]
-    index = {
-        "_class_name": "OnnxStableDiffusionPipeline",
+    index: dict[str, Any] = {
+        "_class_name": kind.onnx_class,
         "_diffusers_version": importlib.metadata.version("diffusers"),
-        "feature_extractor": [None, None],
-        "requires_safety_checker": False,
-        "safety_checker": [None, None],
         "scheduler": source_index["scheduler"],
-        "text_encoder": onnx_model,
         "tokenizer": ["transformers", "CLIPTokenizer"],
-        "unet": onnx_model,
-        "vae_decoder": onnx_model,
-        "vae_encoder": onnx_model,
+        **{name: onnx_model for name in models},
     }
-    path.write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
-
-
-@contextlib.contextmanager
-def _publish_atomically(target: Path) -> Iterator[Path]:
-    """Yield an empty sibling folder of ``target`` that replaces ``target`` only on success.
-
-    A rename is atomic within one filesystem, so readers see either no folder or a whole one.
-
-    Raises:
-        FileExistsError: ``target`` was filled by someone else in the meantime.
-    """
-    _require_missing_or_empty(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
-    try:
-        yield staging
-        # mkdtemp makes the folder private (0700); the result is an ordinary shared folder.
-        staging.chmod(0o755)
-        try:
-            staging.replace(target)
-        except OSError as error:
-            if target.is_dir() and any(target.iterdir()):
-                raise FileExistsError(f"{target} was written by another process meanwhile") from error
-            raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
-# ---------------------------------------------------------------------------------------------
-# Tiny offline pipeline
-# ---------------------------------------------------------------------------------------------
-
-
-def build_tiny_pipeline(output_dir: str | Path, *, seed: int = 0) -> Path:
-    """Build a tiny Stable Diffusion torch pipeline with random weights, fully offline.
-
-    The components are as small as diffusers allows while keeping the real structure: a 2-layer
-    CLIP text encoder (hidden size 32), a ~1M-parameter two-level UNet (latent height and width
-    must be even, so images are multiples of 16 pixels), a four-block VAE that scales by 8 like
-    the real one, SD 1.5's PNDM scheduler settings with ``skip_prk_steps``, and a CLIP BPE
-    tokenizer over the 256 byte characters, so any prompt tokenizes. The images are noise.
-
-    The global torch RNG state is left as it was. The same seed gives byte-identical weights.
-
-    Args:
-        output_dir: Where to save the pipeline; must be missing or empty.
-        seed: Seed for the random weights.
-
-    Returns:
-        ``output_dir`` as a ``Path``; it holds what ``StableDiffusionPipeline.save_pretrained``
-        writes and loads back with ``StableDiffusionPipeline.from_pretrained``.
-
-    Raises:
-        FileExistsError: ``output_dir`` exists and is not empty.
-    """
-    from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL  # noqa: PLC0415
-    from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel  # noqa: PLC0415
-    from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import (  # noqa: PLC0415
-        StableDiffusionPipeline,
-    )
-    from diffusers.schedulers.scheduling_pndm import PNDMScheduler  # noqa: PLC0415
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer  # noqa: PLC0415
-
-    target = Path(output_dir)
-    with _publish_atomically(target) as staging:
-        tokenizer_files = staging / ".tokenizer-source"
-        vocab = _write_tiny_tokenizer_files(tokenizer_files)
-        tokenizer = CLIPTokenizer.from_pretrained(tokenizer_files)
-        shutil.rmtree(tokenizer_files)
-
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            text_encoder = CLIPTextModel(
-                CLIPTextConfig(
-                    vocab_size=1000,
-                    hidden_size=32,
-                    intermediate_size=37,
-                    num_hidden_layers=2,
-                    num_attention_heads=4,
-                    max_position_embeddings=_TINY_MODEL_MAX_LENGTH,
-                    projection_dim=32,
-                    bos_token_id=vocab[_BOS_TOKEN],
-                    eos_token_id=vocab[_EOS_TOKEN],
-                    pad_token_id=vocab[_EOS_TOKEN],
-                )
-            )
-            unet = UNet2DConditionModel(
-                sample_size=8,
-                block_out_channels=(32, 64),
-                layers_per_block=1,
-                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-                cross_attention_dim=32,
-                attention_head_dim=2,
-                norm_num_groups=32,
-            )
-            # Four blocks, three downsamplings: the VAE scales by 8 like SD's. With fewer,
-            # diffusers' ONNX pipeline (which assumes 8) silently returns smaller images.
-            vae = AutoencoderKL(
-                in_channels=3,
-                out_channels=3,
-                down_block_types=("DownEncoderBlock2D",) * 4,
-                up_block_types=("UpDecoderBlock2D",) * 4,
-                block_out_channels=(32, 32, 64, 64),
-                layers_per_block=1,
-                latent_channels=4,
-                norm_num_groups=32,
-                sample_size=64,
-            )
-        scheduler = PNDMScheduler(
-            num_train_timesteps=1000,
-            beta_start=0.00085,
-            beta_end=0.012,
-            beta_schedule="scaled_linear",
-            skip_prk_steps=True,
-            set_alpha_to_one=False,
-            steps_offset=1,
-        )
-        pipeline = StableDiffusionPipeline(
-            vae=vae,
-            text_encoder=text_encoder,
-            tokenizer=tokenizer,
-            unet=unet,
-            scheduler=scheduler,
-            # diffusers documents None for these optional components but annotates them as required.
-            safety_checker=None,  # type: ignore[arg-type]
-            feature_extractor=None,  # type: ignore[arg-type]
-            requires_safety_checker=False,
-        )
-        pipeline.save_pretrained(staging)
-    return target
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """CLIP's (and GPT-2's) reversible map from each byte to a printable character."""
-    printable = [
-        *range(ord("!"), ord("~") + 1),
-        *range(ord("\N{INVERTED EXCLAMATION MARK}"), ord("\N{NOT SIGN}") + 1),
-        *range(ord("\N{REGISTERED SIGN}"), ord("\N{LATIN SMALL LETTER Y WITH DIAERESIS}") + 1),
-    ]
-    mapping = {byte: chr(byte) for byte in printable}
-    shifted = 0
-    for byte in range(256):
-        if byte not in mapping:
-            mapping[byte] = chr(256 + shifted)
-            shifted += 1
-    return dict(sorted(mapping.items()))
-
-
-def _write_tiny_tokenizer_files(folder: Path) -> dict[str, int]:
-    """Write a minimal CLIP BPE tokenizer (vocab, merges, config) and return its vocab."""
-    characters = list(_bytes_to_unicode().values())
-    tokens = [
-        *characters,
-        *(f"{character}</w>" for character in characters),
-        *(merge.replace(" ", "") for merge in _TINY_MERGES),
-        _BOS_TOKEN,
-        _EOS_TOKEN,
-    ]
-    vocab = {token: index for index, token in enumerate(tokens)}
-    config = {
-        "tokenizer_class": "CLIPTokenizer",
-        "model_max_length": _TINY_MODEL_MAX_LENGTH,
-        "bos_token": _BOS_TOKEN,
-        "eos_token": _EOS_TOKEN,
-        "pad_token": _EOS_TOKEN,
-        "unk_token": _EOS_TOKEN,
-    }
-    folder.mkdir(parents=True)
-    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
-    merges = "\n".join(("#version: 0.2", *_TINY_MERGES)) + "\n"
-    (folder / "merges.txt").write_text(merges, encoding="utf-8")
-    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
-    return vocab
-
-
-def default_cache_dir() -> Path:
-    """Return ``$ORTBIND_CACHE`` if set, else ``~/.cache/ortbind``."""
-    configured = os.environ.get("ORTBIND_CACHE")
-    return Path(configured) if configured else Path.home() / ".cache" / "ortbind"
-
-
-def ensure_tiny_model(cache_dir: str | Path | None = None, *, progress: bool = False) -> Path:
-    """Return the tiny random-weight model in diffusers' ONNX layout, building it if missing.
-
-    The torch pipeline goes to ``<cache>/tiny-sd-torch`` (see :func:`build_tiny_pipeline`, seed 0)
-    and its export to ``<cache>/tiny-sd-onnx`` (see :func:`export_onnx`, float32, opset 20). Each
-    folder is written beside its final place and moved in whole, so an interrupted build leaves
-    nothing half-done and the next call starts over. Two processes building at once both finish;
-    the first folder to land is kept.
-
-    Args:
-        cache_dir: Folder for both pipelines; defaults to :func:`default_cache_dir`.
-        progress: Show the export progress bar.
-
-    Returns:
-        The ONNX folder, loadable with ``OnnxStableDiffusionPipeline.from_pretrained``.
-    """
-    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    torch_dir = cache / TINY_TORCH_DIRNAME
-    onnx_dir = cache / TINY_ONNX_DIRNAME
-    if _is_pipeline_dir(onnx_dir) and _is_pipeline_dir(torch_dir):
-        return onnx_dir
-
-    print(
-        f"Building the tiny random-weight Stable Diffusion model in {cache} (it makes noise, not art)",
-        file=sys.stderr,
-    )
-    with _quiet_libraries():
-        if not _is_pipeline_dir(torch_dir):
-            # The export would be of other weights than the ones the torch folder will hold.
-            shutil.rmtree(onnx_dir, ignore_errors=True)
-            _build_unless_present(torch_dir, lambda: build_tiny_pipeline(torch_dir, seed=0))
-        if not _is_pipeline_dir(onnx_dir):
-            _build_unless_present(onnx_dir, lambda: export_onnx(torch_dir, onnx_dir, progress=progress))
-    return onnx_dir
-
-
-@contextlib.contextmanager
-def _quiet_libraries() -> Iterator[None]:
-    """Silence the notices the libraries print while the tiny model is built.
-
-    The build is an internal step of the demo: the exporter's notes on skipped torchvision ops,
-    its deprecation warnings and the loaders' progress bars say nothing to someone who asked for
-    an image. Errors still propagate; only warnings and info output are held back.
-    """
-    import diffusers.utils.logging as diffusers_logging  # noqa: PLC0415  (lazy: see the module note)
-    import transformers.utils.logging as transformers_logging  # noqa: PLC0415
-
-    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "onnx_ir")]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
-    diffusers_logging.disable_progress_bar()
-    transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
-    verbosity = transformers_logging.get_verbosity()
-    transformers_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for logger, level in zip(loggers, levels, strict=True):
-            logger.setLevel(level)
-        diffusers_logging.enable_progress_bar()
-        transformers_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
-        transformers_logging.set_verbosity(verbosity)
-
-
-def tiny_torch_pipeline_dir(cache_dir: str | Path | None = None) -> Path:
-    """Return the torch pipeline the tiny ONNX model was exported from, building both if missing.
-
-    Load it with ``StableDiffusionPipeline.from_pretrained`` to compare against the ONNX run on
-    the same weights.
-
-    Args:
-        cache_dir: As for :func:`ensure_tiny_model`.
-
-    Returns:
-        ``<cache>/tiny-sd-torch``.
-    """
-    return ensure_tiny_model(cache_dir).parent / TINY_TORCH_DIRNAME
-
-
-def _is_pipeline_dir(path: Path) -> bool:
-    # Folders only appear whole (see _publish_atomically), so the index file marks a complete one.
-    return (path / "model_index.json").is_file()
-
-
-def _build_unless_present(target: Path, build: Callable[[], object]) -> None:
-    if target.exists() and not _is_pipeline_dir(target):
-        # Left by a version of this module that wrote in place, or by hand; never by an
-        # interrupted build, which only leaves hidden .partial- siblings behind.
-        shutil.rmtree(target)
-    try:
-        build()
-    except FileExistsError:
-        if not _is_pipeline_dir(target):
-            raise
+    if xl:
+        index["tokenizer_2"] = ["transformers", "CLIPTokenizer"]
+    else:
+        index |= {"feature_extractor": [None, None], "safety_checker": [None, None], "requires_safety_checker": False}
+    for setting in _PIPELINE_SETTINGS:
+        if setting in source_index:
+            index[setting] = source_index[setting]
+    path.write_text(json.dumps(dict(sorted(index.items())), indent=2) + "\n", encoding="utf-8")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -728,7 +540,7 @@ def _build_unless_present(target: Path, build: Callable[[], object]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line: export SRC to DST, or build the tiny model with ``--tiny DST``.
+    """Run the command line: export SRC to DST, or build a tiny model with ``--tiny DST``.
 
     Args:
         argv: Arguments without the program name; ``sys.argv[1:]`` when ``None``.
@@ -738,17 +550,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = argparse.ArgumentParser(
         prog="python -m examples.stable_diffusion.export",
-        description="Export a diffusers Stable Diffusion pipeline folder to diffusers' ONNX layout.",
+        description="Export a diffusers Stable Diffusion torch folder (SD 1.x/2.x, inpainting, SDXL) to ONNX.",
     )
     parser.add_argument("src", nargs="?", type=Path, help="torch pipeline folder (save_pretrained)")
     parser.add_argument("dst", nargs="?", type=Path, help="output folder, missing or empty")
     parser.add_argument(
-        "--tiny",
-        metavar="DST",
-        type=Path,
-        help=f"build the tiny random-weight pipeline into DST/{TINY_TORCH_DIRNAME} "
-        f"and export it to DST/{TINY_ONNX_DIRNAME}",
+        "--tiny", metavar="DST", type=Path, help="build a tiny random-weight pipeline and its export into DST"
     )
+    parser.add_argument("--kind", choices=TINY_KINDS, default="sd", help="which tiny pipeline --tiny builds")
     parser.add_argument("--fp16", action="store_true", help="export float16 weights and tensors")
     parser.add_argument("--opset", type=int, default=20, help="ONNX opset version (default: 20)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -758,8 +567,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.tiny is not None:
             if args.src is not None or args.fp16 or args.opset != 20:
                 parser.error("--tiny takes no SRC, DST, --fp16 or --opset")
-            onnx_dir = ensure_tiny_model(args.tiny, progress=not args.no_progress)
-            print(f"torch pipeline: {onnx_dir.parent / TINY_TORCH_DIRNAME}")
+            onnx_dir = ensure_tiny_model(args.tiny, kind=args.kind, progress=not args.no_progress)
+            print(f"torch pipeline: {tiny_torch_pipeline_dir(args.tiny, kind=args.kind)}")
             print(f"ONNX pipeline:  {onnx_dir}")
             return 0
         if args.src is None or args.dst is None:
