@@ -52,6 +52,11 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=defaults.SEED, help="random seed")
     parser.add_argument("--batch", type=int, default=1, help="images per prompt")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument(
+        "--cuda-graph",
+        action="store_true",
+        help="capture the UNet step as a CUDA graph and replay it (CUDA devices only)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -89,7 +94,7 @@ def run_cli(
         model_dir = args.model if args.model is not None else ensure_tiny_model(args.cache_dir, kind=tiny_kind)
         cls = choose(model_dir)
         scheduler = None if args.scheduler == "model" else args.scheduler
-        pipe = cls.from_pretrained(model_dir, args.device, scheduler=scheduler)
+        pipe = cls.from_pretrained(model_dir, args.device, scheduler=scheduler, cuda_graph=args.cuda_graph)
         common = {
             "negative_prompt": args.negative_prompt,
             "num_images_per_prompt": args.batch,

@@ -34,6 +34,7 @@ import importlib.metadata
 import json
 import shutil
 import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -539,6 +540,23 @@ def _write_onnx_index(path: Path, source_index: dict[str, Any], kind: _SourceKin
 # ---------------------------------------------------------------------------------------------
 
 
+def _export_optimized(src: Path, dst: Path, target: str, *, fp16: bool, opset: int) -> Path:
+    """Export into a scratch folder beside ``dst``, then write the optimized copy to ``dst``."""
+    from .optimize import optimize_folder  # noqa: PLC0415  (imports onnxruntime.transformers)
+
+    require_missing_or_empty(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{dst.name}-raw-", dir=dst.parent))
+    try:
+        export_onnx(src, scratch / "onnx", fp16=fp16, opset=opset, progress=False)
+        if dst.exists():
+            dst.rmdir()  # checked empty above
+        optimize_folder(scratch / "onnx", dst, target=target)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return dst
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line: export SRC to DST, or build a tiny model with ``--tiny DST``.
 
@@ -560,20 +578,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--kind", choices=TINY_KINDS, default="sd", help="which tiny pipeline --tiny builds")
     parser.add_argument("--fp16", action="store_true", help="export float16 weights and tensors")
     parser.add_argument("--opset", type=int, default=20, help="ONNX opset version (default: 20)")
+    parser.add_argument(
+        "--optimize",
+        nargs="?",
+        const="cuda",
+        choices=("cuda", "cpu"),
+        help="run ONNX Runtime's transformer optimizer on the export (fused attention, LayerNorm, GroupNorm...), "
+        "for the CUDA provider (the default) or the CPU one",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = parser.parse_args(argv)
 
     try:
         if args.tiny is not None:
-            if args.src is not None or args.fp16 or args.opset != 20:
-                parser.error("--tiny takes no SRC, DST, --fp16 or --opset")
+            if args.src is not None or args.fp16 or args.opset != 20 or args.optimize:
+                parser.error("--tiny takes no SRC, DST, --fp16, --opset or --optimize")
             onnx_dir = ensure_tiny_model(args.tiny, kind=args.kind, progress=not args.no_progress)
             print(f"torch pipeline: {tiny_torch_pipeline_dir(args.tiny, kind=args.kind)}")
             print(f"ONNX pipeline:  {onnx_dir}")
             return 0
         if args.src is None or args.dst is None:
             parser.error("expected SRC and DST, or --tiny DST")
-        output = export_onnx(args.src, args.dst, fp16=args.fp16, opset=args.opset, progress=not args.no_progress)
+        if args.optimize is None:
+            output = export_onnx(args.src, args.dst, fp16=args.fp16, opset=args.opset, progress=not args.no_progress)
+        else:
+            output = _export_optimized(args.src, args.dst, args.optimize, fp16=args.fp16, opset=args.opset)
     except (FileNotFoundError, FileExistsError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
