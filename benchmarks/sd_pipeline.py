@@ -111,11 +111,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sdxl-model", type=Path, default=None, help="SDXL ONNX folder (default: tiny SDXL)")
     parser.add_argument("--sdxl-torch", type=Path, default=None, help="the torch SDXL folder it was exported from")
     parser.add_argument(
-        "--only", choices=["txt2img", "img2img", "sdxl"], nargs="+", default=["txt2img", "img2img", "sdxl"]
+        "--only",
+        choices=["txt2img", "bound", "img2img", "sdxl"],
+        nargs="+",
+        default=["txt2img", "bound", "img2img", "sdxl"],
     )
     args = parser.parse_args(argv)
     if "txt2img" in args.only:
         _txt2img(args)
+    if "bound" in args.only:
+        _bound_vs_plain(args)
     if "img2img" in args.only:
         _img2img(args)
     if "sdxl" in args.only:
@@ -176,6 +181,43 @@ def _txt2img(args: argparse.Namespace) -> None:
             )
             if diff > 1e-3:
                 raise SystemExit(f"the pipelines disagree (max |diff| {diff}); timings would compare different work")
+
+
+def _bound_vs_plain(args: argparse.Namespace) -> None:
+    """Our pipeline with the UNet loop on a BoundCall against one TorchSession call per step."""
+    model_dir = args.model or ensure_tiny_model()
+    bound = OrtStableDiffusionPipeline.from_pretrained(model_dir, args.device, scheduler="pndm")
+    plain = OrtStableDiffusionPipeline.from_pretrained(model_dir, args.device, scheduler="pndm")
+    plain.bind_unet = False
+    print()
+    print(f"UNet loop: bound call (fixed buffers, run only) against a plain call per step; {args.steps} steps")
+    header = (
+        f"{'size':>7} {'batch':>5} {'bound s/img':>12} {'plain s/img':>12} {'speed-up':>9} "
+        f"{'bound ORT ms/step':>18} {'plain ORT ms/step':>18}"
+    )
+    print(header)
+    print("-" * len(header))
+    for size in args.sizes:
+        for batch in args.batches:
+            prompts = PROMPTS[:batch] if batch <= len(PROMPTS) else [PROMPTS[0]] * batch
+            latents = torch.randn((batch, 4, size // 8, size // 8), generator=torch.Generator().manual_seed(0))
+            common = {"num_inference_steps": args.steps, "guidance_scale": args.guidance, "height": size, "width": size}
+            runs: dict[str, list[tuple[float, float]]] = {"bound": [], "plain": []}
+            outputs = {}
+            for rnd in range(args.rounds + 1):
+                for name, pipe in (("bound", bound), ("plain", plain)):
+                    out = pipe(prompts, latents=latents, output_type="np", progress=False, **common)
+                    outputs[name] = out.images
+                    if rnd:  # the first round warms up
+                        runs[name].append((out.seconds, out.ort_seconds))
+            if not np.array_equal(outputs["bound"], outputs["plain"]):
+                raise SystemExit("bound and plain loops disagree; timings would compare different work")
+            per_img = {n: statistics.median(w for w, _ in r) / batch for n, r in runs.items()}
+            unet = {n: statistics.median(o for _, o in r) / args.steps * 1e3 for n, r in runs.items()}
+            print(
+                f"{f'{size}x{size}':>7} {batch:>5} {per_img['bound']:>12.4f} {per_img['plain']:>12.4f} "
+                f"{per_img['plain'] / per_img['bound']:>8.2f}x {unet['bound']:>18.2f} {unet['plain']:>18.2f}"
+            )
 
 
 class _TorchNoise:
