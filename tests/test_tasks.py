@@ -196,3 +196,14 @@ def test_inpaint_is_the_cli(models: Models, cache_dir: Path, pictures: tuple[Pat
     )
     assert expected.shape == (64, 96, 3)
     np.testing.assert_array_equal(np.asarray(got), expected)
+
+
+def test_a_given_folder_runs_the_tasks_it_can(cache_dir: Path) -> None:
+    from examples.stable_diffusion.cache import ensure_tiny_model
+
+    sd, inpaint = (Models(ensure_tiny_model(cache_dir, kind=kind), "cpu") for kind in ("sd", "inpaint"))
+    assert sd.tasks() == ["txt2img", "img2img"]
+    assert inpaint.tasks() == ["inpaint"]
+    reason = sd.supports("inpaint")
+    assert reason is not None and reason.endswith("does text-to-image and image-to-image, not inpainting"), reason
+    assert inpaint.model_dir_for("inpaint") == inpaint.model_dir
