@@ -258,7 +258,7 @@ def test_page_generates_with_a_moving_progress_bar(browser: Any, app_url: str, c
     assert not outside, outside
 
 
-def test_page_has_three_tabs_and_runs_img2img(
+def test_page_has_three_tabs_and_runs_img2img_and_inpaint(
     browser: Any, app_url: str, cache_dir: Path, pictures: tuple[Path, Path], tmp_path: Path
 ) -> None:
     from selenium.webdriver.common.by import By
@@ -299,6 +299,27 @@ def test_page_has_three_tabs_and_runs_img2img(
     args = ("--prompt", "a watercolor", "--image", str(pictures[0]), "--steps", "4", "--strength", "0.5")
     expected = cli_image(cache_dir, tmp_path / "cli.png", *args, "--seed", "7", command="img2img")
     np.testing.assert_array_equal(got, expected)
+
+    # Inpaint with an uploaded mask: the picture goes through the editor's canvas and back.
+    tabs["inpaint"].click()
+    upload = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#inpaint-image input[type=file]")))
+    upload.send_keys(str(pictures[0]))
+    browser.find_element(By.CSS_SELECTOR, "#inpaint-mask input[type=file]").send_keys(str(pictures[1]))
+    wait.until(ec.visibility_of_element_located((By.CSS_SELECTOR, "#inpaint-mask img")))
+    box = browser.find_element(By.CSS_SELECTOR, "#inpaint-steps input[type=number]")
+    box.send_keys(Keys.CONTROL, "a")
+    box.send_keys("4", Keys.TAB)
+    time.sleep(1)  # let the editor draw the uploaded picture on its canvas
+    browser.find_element(By.CSS_SELECTOR, "#inpaint-generate").click()
+    image = WebDriverWait(browser, 120).until(
+        ec.visibility_of_element_located((By.CSS_SELECTOR, "#inpaint-gallery img"))
+    )
+    with loopback_opener().open(image.get_attribute("src"), timeout=30) as response:
+        (tmp_path / "page-inpaint.png").write_bytes(response.read())
+    with Image.open(tmp_path / "page-inpaint.png") as png:
+        got = np.asarray(png.convert("RGB"))
+    args = ("--image", str(pictures[0]), "--mask", str(pictures[1]), "--steps", "4")
+    np.testing.assert_array_equal(got, cli_image(cache_dir, tmp_path / "cli-inpaint.png", *args, command="inpaint"))
 
 
 def test_the_command_serves_the_page(cache_dir: Path, tmp_path: Path) -> None:
