@@ -318,6 +318,10 @@ TABS: dict[str, Callable[[Models], None]] = {"txt2img": txt2img_tab, "img2img": 
 def build_app(models: Models) -> gr.Blocks:
     """The page: one tab per task that the model runs and that has a form."""
     names = [name for name in models.tasks() if name in TABS]
+    for name in names:
+        # Build a missing tiny model now, not in a handler: there Gradio's tqdm tracking (for the
+        # progress bar) wraps the exporter's bars and breaks them.
+        models.model_dir_for(name)
     app: gr.Blocks
     with gr.Blocks(title="ortbind Stable Diffusion", analytics_enabled=False) as app:
         source = "built-in tiny model, random weights: noise, not art" if models.tiny else str(models.model_dir)
