@@ -24,7 +24,7 @@ pytest.importorskip("gradio_client")
 from PIL import Image
 
 from .netns import require_loopback_only
-from .sd_servers import cli_image, free_port, loopback_opener, tiny_cache_dir
+from .sd_servers import cli_image, free_port, loopback_opener, sample_images, tiny_cache_dir
 
 pytestmark = [pytest.mark.slow, pytest.mark.loopback]
 
@@ -99,6 +99,62 @@ def test_api_endpoint_gives_the_cli_picture(app_url: str, cache_dir: Path, tmp_p
 
     with pytest.raises(AppError, match=r"width: must be a multiple of 8, got 100; try 96"):
         client.predict(prompt="x", steps=2, width=100, api_name="/txt2img")
+
+
+@pytest.fixture(scope="module")
+def pictures(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return sample_images(tmp_path_factory.mktemp("pictures"))
+
+
+def _read(result: list[dict[str, Any]]) -> np.ndarray:
+    (item,) = result
+    path = Path(item["image"])
+    assert path.suffix == ".png"
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def test_img2img_and_inpaint_endpoints_give_the_cli_pictures(
+    app_url: str, cache_dir: Path, pictures: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    image, mask = pictures
+    client = Client(app_url, download_files=str(tmp_path / "downloads"), verbose=False)
+    got = _read(
+        client.predict(
+            prompt="a watercolor", image=handle_file(image), strength=0.6, steps=4, seed=3, api_name="/img2img"
+        )
+    )
+    args = ("--prompt", "a watercolor", "--image", str(image), "--strength", "0.6", "--steps", "4", "--seed", "3")
+    np.testing.assert_array_equal(got, cli_image(cache_dir, tmp_path / "img2img.png", *args, command="img2img"))
+
+    editor = {"background": handle_file(image), "layers": [], "composite": None}
+    got = _read(
+        client.predict(
+            prompt="a red door", image=editor, mask_image=handle_file(mask), steps=4, seed=5, api_name="/inpaint"
+        )
+    )
+    args = ("--prompt", "a red door", "--image", str(image), "--mask", str(mask), "--steps", "4", "--seed", "5")
+    expected = cli_image(cache_dir, tmp_path / "inpaint.png", *args, command="inpaint")
+    np.testing.assert_array_equal(got, expected)
+
+    # The strokes painted on the editor are the mask when none is uploaded: here the same left half.
+    with Image.open(mask) as m:
+        alpha = np.asarray(m.convert("L"))
+    stroke = np.zeros((64, 64, 4), dtype=np.uint8)
+    stroke[..., :3], stroke[..., 3] = 255, alpha
+    Image.fromarray(stroke, mode="RGBA").save(tmp_path / "stroke.png")
+    editor = {"background": handle_file(image), "layers": [handle_file(tmp_path / "stroke.png")], "composite": None}
+    got = _read(client.predict(prompt="a red door", image=editor, steps=4, seed=5, api_name="/inpaint"))
+    np.testing.assert_array_equal(got, expected)
+
+    with pytest.raises(AppError, match=r"mask_image: missing; paint over the image where to repaint"):
+        editor = {"background": handle_file(image), "layers": [], "composite": None}
+        client.predict(image=editor, steps=2, api_name="/inpaint")
+    with pytest.raises(AppError, match=r"image: missing; upload the starting image"):
+        client.predict(steps=2, api_name="/img2img")
 
 
 # ---------------------------------------------------------------------- the page in a browser
@@ -202,6 +258,70 @@ def test_page_generates_with_a_moving_progress_bar(browser: Any, app_url: str, c
     assert not outside, outside
 
 
+def test_page_has_three_tabs_and_runs_img2img_and_inpaint(
+    browser: Any, app_url: str, cache_dir: Path, pictures: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, 60)
+    browser.get(app_url)
+    wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, "#txt2img-prompt textarea")))
+    tabs = {b.text.strip(): b for b in browser.find_elements(By.CSS_SELECTOR, "button[role=tab]")}
+    assert {"txt2img", "img2img", "inpaint"} <= set(tabs), sorted(tabs)
+
+    tabs["img2img"].click()
+    upload = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#img2img-image input[type=file]")))
+    upload.send_keys(str(pictures[0]))
+    wait.until(ec.visibility_of_element_located((By.CSS_SELECTOR, "#img2img-image img")))
+    prompt = browser.find_element(By.CSS_SELECTOR, "#img2img-prompt textarea")
+    prompt.clear()
+    prompt.send_keys("a watercolor")
+    for name, value in (("steps", "4"), ("strength", "0.5")):
+        box = browser.find_element(By.CSS_SELECTOR, f"#img2img-{name} input[type=number]")
+        box.send_keys(Keys.CONTROL, "a")
+        box.send_keys(value, Keys.TAB)
+    seed = browser.find_element(By.CSS_SELECTOR, "#img2img-seed input")
+    seed.send_keys(Keys.CONTROL, "a")
+    seed.send_keys("7", Keys.TAB)
+    browser.find_element(By.CSS_SELECTOR, "#img2img-generate").click()
+    image = WebDriverWait(browser, 120).until(
+        ec.visibility_of_element_located((By.CSS_SELECTOR, "#img2img-gallery img"))
+    )
+    src = image.get_attribute("src")
+    assert src is not None and src.endswith(".png"), src
+    with loopback_opener().open(src, timeout=30) as response:
+        (tmp_path / "page-image.png").write_bytes(response.read())
+    with Image.open(tmp_path / "page-image.png") as png:
+        got = np.asarray(png.convert("RGB"))
+    args = ("--prompt", "a watercolor", "--image", str(pictures[0]), "--steps", "4", "--strength", "0.5")
+    expected = cli_image(cache_dir, tmp_path / "cli.png", *args, "--seed", "7", command="img2img")
+    np.testing.assert_array_equal(got, expected)
+
+    # Inpaint with an uploaded mask: the picture goes through the editor's canvas and back.
+    tabs["inpaint"].click()
+    upload = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#inpaint-image input[type=file]")))
+    upload.send_keys(str(pictures[0]))
+    browser.find_element(By.CSS_SELECTOR, "#inpaint-mask input[type=file]").send_keys(str(pictures[1]))
+    wait.until(ec.visibility_of_element_located((By.CSS_SELECTOR, "#inpaint-mask img")))
+    box = browser.find_element(By.CSS_SELECTOR, "#inpaint-steps input[type=number]")
+    box.send_keys(Keys.CONTROL, "a")
+    box.send_keys("4", Keys.TAB)
+    time.sleep(1)  # let the editor draw the uploaded picture on its canvas
+    browser.find_element(By.CSS_SELECTOR, "#inpaint-generate").click()
+    image = WebDriverWait(browser, 120).until(
+        ec.visibility_of_element_located((By.CSS_SELECTOR, "#inpaint-gallery img"))
+    )
+    with loopback_opener().open(image.get_attribute("src"), timeout=30) as response:
+        (tmp_path / "page-inpaint.png").write_bytes(response.read())
+    with Image.open(tmp_path / "page-inpaint.png") as png:
+        got = np.asarray(png.convert("RGB"))
+    args = ("--image", str(pictures[0]), "--mask", str(pictures[1]), "--steps", "4")
+    np.testing.assert_array_equal(got, cli_image(cache_dir, tmp_path / "cli-inpaint.png", *args, command="inpaint"))
+
+
 def test_the_command_serves_the_page(cache_dir: Path, tmp_path: Path) -> None:
     require_loopback_only()
     import subprocess
@@ -234,6 +354,7 @@ def test_the_command_serves_the_page(cache_dir: Path, tmp_path: Path) -> None:
                     assert time.monotonic() < deadline, "the page did not come up in 120 s"
                     time.sleep(0.5)
             assert config["title"] == "ortbind Stable Diffusion"
-            assert "/txt2img" in {f"/{d['api_name']}" for d in config["dependencies"] if d.get("api_name")}
+            endpoints = {f"/{d['api_name']}" for d in config["dependencies"] if d.get("api_name")}
+            assert {"/txt2img", "/img2img", "/inpaint"} <= endpoints, endpoints
         finally:
             proc.kill()

@@ -2,17 +2,27 @@
 
     python -m examples.stable_diffusion.serve [--replicas N] [--model DIR] [--device cuda] [--port 8000]
     curl -X POST http://127.0.0.1:8000/txt2img -d '{"prompt": "a lighthouse", "seed": 7}' -o out.png
+    curl -X POST http://127.0.0.1:8000/img2img -o out.png \
+        -d '{"prompt": "a watercolor", "strength": 0.7, "image": "'"$(base64 -w0 in.png)"'"}'
 
-One route per task of :data:`tasks.TASKS` (``POST /txt2img``) takes a JSON body with the fields
-``prompt``, ``negative_prompt``, ``steps``, ``guidance``, ``seed``, ``scheduler``, ``width``,
-``height`` (the command line's defaults for those left out) and answers ``image/png``; a bad body
-gets a 4xx JSON ``{"error": ..., "field": ...}``.
+One route per task of :data:`tasks.TASKS` that the model runs takes a JSON body and answers
+``image/png``, the command line's defaults standing for the fields left out:
 
-Requests from different callers that share size, steps, scheduler and guidance are batched by
-``@serve.batch`` into one pipeline call, one UNet batch; each keeps its own seed, so an answer is
-the picture ``txt2img`` makes for the same prompt, steps and seed (to rounding: a bigger batch may
-round a pixel differently). Each answer says in ``X-Batch-Size`` how many requests shared its
-call and in ``X-Replica`` which replica ran it.
+- ``POST /txt2img``: ``prompt``, ``negative_prompt``, ``steps``, ``guidance``, ``seed``,
+  ``scheduler``, ``width``, ``height``;
+- ``POST /img2img``: those but the size, plus ``image`` (a base64-encoded PNG) and ``strength``;
+- ``POST /inpaint``: the txt2img fields plus ``image`` and ``mask_image`` (base64 PNGs; white
+  is repainted) and ``strength``.
+
+A bad body gets a 4xx JSON ``{"error": ..., "field": ...}``. Without ``--model`` the built-in
+tiny models serve all three; a given folder serves the tasks it can (``GET /`` lists them).
+
+Text-to-image requests from different callers that share size, steps, scheduler and guidance are
+batched by ``@serve.batch`` into one pipeline call, one UNet batch; each keeps its own seed, so an
+answer is the picture ``txt2img`` makes for the same prompt, steps and seed (to rounding: a bigger
+batch may round a pixel differently). Image-to-image and inpainting requests run one per call,
+each the command line's picture (see :mod:`.tasks` for why). Each answer says in ``X-Batch-Size``
+how many requests shared its call and in ``X-Replica`` which replica ran it.
 
 On a host with GPUs each replica takes one (``num_gpus=1``; Ray sets ``CUDA_VISIBLE_DEVICES``, so
 inside it the device is ``cuda``), else replicas run on CPUs. Without ``--address`` it joins the Ray
@@ -89,7 +99,8 @@ class StableDiffusionReplica:
         batch_wait_s: float = DEFAULT_BATCH_WAIT_S,
     ) -> None:
         self.models = Models(model_dir, device, cache_dir)
-        for name in TASKS:
+        self.tasks = self.models.tasks()
+        for name in self.tasks:
             self.models.pipeline(name, defaults.SCHEDULER)  # load now: fail at deploy, not on a request
         batcher: Any = self.generate  # Serve's batch wrapper; its setters are not in the type stubs
         batcher.set_max_batch_size(max_batch_size)
@@ -100,12 +111,13 @@ class StableDiffusionReplica:
         """Route ``POST /<task>``; ``GET /`` lists the tasks."""
         name = request.url.path.strip("/")
         if name == "" and request.method == "GET":
-            fields = {n: list(t.http_fields) for n, t in TASKS.items()}
-            return JSONResponse({"tasks": list(TASKS), "fields": fields, "replica": self.replica})
-        task = TASKS.get(name)
-        if task is None:
-            routes = ", ".join(f"POST /{n}" for n in TASKS)
-            return _error(404, "route", f"no route /{name}; the routes are {routes}")
+            fields = {n: list(TASKS[n].http_fields) for n in self.tasks}
+            return JSONResponse({"tasks": self.tasks, "fields": fields, "replica": self.replica})
+        if name not in self.tasks:
+            routes = ", ".join(f"POST /{n}" for n in self.tasks)
+            why = f" ({self.models.supports(name)})" if name in TASKS else ""
+            return _error(404, "route", f"no route /{name}{why}; the routes are {routes}")
+        task = TASKS[name]
         if request.method != "POST":
             return _error(405, "method", f"/{name} takes POST with a JSON body, got {request.method}")
         try:
@@ -252,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The command's argument parser."""
     parser = argparse.ArgumentParser(
         prog="serve",
-        description="Serve text-to-image over HTTP on Ray Serve.",
+        description="Serve text-to-image, image-to-image and inpainting over HTTP on Ray Serve.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--host", default="127.0.0.1", help="HTTP address (0.0.0.0: every interface)")
@@ -303,8 +315,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (NetworkRefusedError, ValueError, FileNotFoundError) as exc:
         print(f"serve: error: {exc}", file=sys.stderr)
         return 2
-    for name, task in TASKS.items():
-        print(f"serving POST {url}/{name} (JSON body: {', '.join(task.http_fields)})", flush=True)
+    # The tiny models run every task; a given folder those it can (as each replica works out).
+    served = list(TASKS) if args.model is None else Models(args.model, "cpu").tasks()
+    for name in served:
+        print(f"serving POST {url}/{name} (JSON body: {', '.join(TASKS[name].http_fields)})", flush=True)
     print("Ctrl-C stops", flush=True)
     try:
         while True:
