@@ -89,9 +89,8 @@ class BoundCall:
         dynamic: list[tuple[int, _Slot]] = []  # (position among bound outputs, slot): ORT allocates per run
         passthrough: list[_Slot] = []
         binding = _binding.new_binding(s._c_session)
+        s._bind_inputs(binding, tensors)
         try:
-            for (name, _, elem_type, _, _, where), tensor in zip(s._input_checks, tensors):
-                binding.bind_input(name, where, elem_type, tensor.shape, tensor.data_ptr())
             position = 0
             for slot in slots:
                 if slot.problem is not None:

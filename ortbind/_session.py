@@ -470,14 +470,7 @@ class TorchSession:
         indices = self._all_outputs if output_names is None else self._select(output_names)
         binding = self._binding(indices)
         tensors, signature = self._collect(feeds, binding)
-        plan = self._plans.get(signature)
-        if plan is None:
-            plan = self._plan(signature)
-        else:
-            try:
-                self._plans.move_to_end(signature)  # least recently used goes first
-            except KeyError:  # evicted by another thread just now; the plan in hand is still right
-                self._remember(signature, plan.outputs, verified=plan.verified)
+        plan = self._lookup(signature)
         if output_names is None and out is None and output_shapes is None:
             return self._execute(binding, tensors, signature, plan, plan.slots, indices, None, options)
         slots = [plan.slots[i] for i in indices]
@@ -639,8 +632,15 @@ class TorchSession:
     # ------------------------------------------------------------------ plans
 
     def _lookup(self, signature: tuple[torch.Size, ...]) -> _SignaturePlan:
+        """The signature's plan, made on first use; a use makes it the most recently used."""
         plan = self._plans.get(signature)
-        return self._plan(signature) if plan is None else plan
+        if plan is None:
+            return self._plan(signature)
+        try:
+            self._plans.move_to_end(signature)  # the least recently used goes first
+        except KeyError:  # evicted by another thread just now; the plan in hand is still right
+            self._remember(signature, plan.outputs, verified=plan.verified)
+        return plan
 
     def _plan(self, signature: tuple[torch.Size, ...]) -> _SignaturePlan:
         entries = list(self._program.plan([tuple(s) for s in signature], infer=self._inferencer))
@@ -931,8 +931,8 @@ class TorchSession:
             self._local.binding = None  # half-bound: the next call starts a fresh one
             if isinstance(exc, OrtbindError) or not from_ort(exc):
                 raise
-            kind, name = self._bind_failure(tensors, slots, buffers)
-            raise translate(exc, "bind", subject=f"{kind} {name!r}", name=name) from exc
+            name = self._bind_failure(slots, buffers)
+            raise translate(exc, "bind", subject=f"output {name!r}", name=name) from exc
 
         if position:
             order = self._stream_order
@@ -947,7 +947,7 @@ class TorchSession:
                 if first_attempt is None and retry and is_output_refusal(exc):
                     loose = [replace(s, shape=None) if s in retry else s for s in slots]
                     fresh_binding = self._binding(key)
-                    self._bind_inputs(fresh_binding, tensors)
+                    self._bind_inputs(fresh_binding, tensors, self._local.inputs)
                     results = self._execute(
                         fresh_binding, tensors, signature, plan, loose, key, buffers, options, first_attempt=exc
                     )
@@ -975,24 +975,30 @@ class TorchSession:
             torch.autograd.graph.increment_version(tuple(buffers.values()))
         return results
 
-    def _bind_inputs(self, binding: Any, tensors: Sequence[torch.Tensor]) -> None:
-        """Bind checked inputs into a fresh binding (after a failed run reset the thread's)."""
-        held = self._local.inputs
-        for index, ((name, _, elem_type, _, _, where), tensor) in enumerate(zip(self._input_checks, tensors)):
-            binding.bind_input(name, where, elem_type, tensor.shape, tensor.data_ptr())
-            held[index] = (tensor.data_ptr(), tensor.shape)
+    def _bind_inputs(self, binding: Any, tensors: Sequence[torch.Tensor], held: list[Any] | None = None) -> None:
+        """Bind checked inputs into a binding that holds none of them yet.
 
-    def _bind_failure(
-        self, tensors: Sequence[torch.Tensor], slots: Sequence[_Slot], buffers: Mapping[str, torch.Tensor] | None
-    ) -> tuple[str, str]:
-        """Which bind ORT refused: replayed one by one on a scratch binding (errors only)."""
+        Used for a thread's fresh binding after a failed run (``held``: its record of what it
+        holds) and for a bound call's own binding. The common call binds in :meth:`_collect`,
+        in the same pass as the checks.
+        """
+        for index, ((name, _, elem_type, _, _, where), tensor) in enumerate(zip(self._input_checks, tensors)):
+            try:
+                binding.bind_input(name, where, elem_type, tensor.shape, tensor.data_ptr())
+            except Exception as exc:
+                if not from_ort(exc):
+                    raise
+                raise translate(exc, "bind", subject=f"input {name!r}", name=name) from exc
+            if held is not None:
+                held[index] = (tensor.data_ptr(), tensor.shape)
+
+    def _bind_failure(self, slots: Sequence[_Slot], buffers: Mapping[str, torch.Tensor] | None) -> str:
+        """Which output bind ORT refused, replayed one by one on a scratch binding (errors only).
+
+        Inputs are bound (and their errors translated) while they are checked, in :meth:`_collect`.
+        """
         scratch = _binding.new_binding(self._c_session)
         device = self._ort_device
-        for (name, _, elem_type, _, _, where), tensor in zip(self._input_checks, tensors):
-            try:
-                scratch.bind_input(name, where, elem_type, tensor.shape, tensor.data_ptr())
-            except Exception:  # the one that failed
-                return "input", name
         for slot in slots:
             buffer = buffers.get(slot.name) if buffers else None
             try:
@@ -1000,9 +1006,9 @@ class TorchSession:
                     scratch.bind_output(slot.name, device, slot.elem_type, buffer.shape, buffer.data_ptr())
                 else:
                     scratch.bind_output(slot.name, device)
-            except Exception:
-                return "output", slot.name
-        return "output", slots[-1].name if slots else "?"
+            except Exception:  # the one that failed
+                return slot.name
+        return slots[-1].name if slots else "?"
 
     def _collect_pending(
         self, binding: Any, pending: Sequence[tuple[int, _Slot, torch.Tensor | None]], results: dict[str, Any]

@@ -422,6 +422,11 @@ def test_bind_errors_are_mapped(monkeypatch: pytest.MonkeyPatch) -> None:
     ) as info:
         sess(x=torch.ones(3))
     assert (info.value.kind, info.value.name) == ("input", "x")
+    with raises(
+        ortbind.RunError,
+        "input 'x': ONNX Runtime refused to bind it: [ONNXRuntimeError] : 1 : FAIL : unsupported element type",
+    ):
+        sess.bind({"x": torch.ones(3)})
 
 
 def test_first_run_verification_lets_ort_allocate_predicted_outputs_once() -> None:
