@@ -128,6 +128,17 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _prompts(batch: int) -> list[str]:
+    return PROMPTS[:batch] if batch <= len(PROMPTS) else [PROMPTS[0]] * batch
+
+
+def _txt2img_inputs(args: argparse.Namespace, size: int, batch: int) -> tuple[list[str], torch.Tensor, dict[str, Any]]:
+    """Prompts, initial latents (seed 0) and the call's settings for one text-to-image row."""
+    latents = torch.randn((batch, 4, size // 8, size // 8), generator=torch.Generator().manual_seed(0))
+    common = {"num_inference_steps": args.steps, "guidance_scale": args.guidance, "height": size, "width": size}
+    return _prompts(batch), latents, common
+
+
 def _txt2img(args: argparse.Namespace) -> None:
 
     model_dir = args.model or ensure_tiny_model()
@@ -148,9 +159,7 @@ def _txt2img(args: argparse.Namespace) -> None:
     print("-" * len(header))
     for size in args.sizes:
         for batch in args.batches:
-            prompts = PROMPTS[:batch] if batch <= len(PROMPTS) else [PROMPTS[0]] * batch
-            latents = torch.randn((batch, 4, size // 8, size // 8), generator=torch.Generator().manual_seed(0))
-            common = {"num_inference_steps": args.steps, "guidance_scale": args.guidance, "height": size, "width": size}
+            prompts, latents, common = _txt2img_inputs(args, size, batch)
 
             def run_ours() -> tuple[np.ndarray, float]:
                 out = ours(prompts, latents=latents, output_type="np", progress=False, **common)  # noqa: B023
@@ -199,9 +208,7 @@ def _bound_vs_plain(args: argparse.Namespace) -> None:
     print("-" * len(header))
     for size in args.sizes:
         for batch in args.batches:
-            prompts = PROMPTS[:batch] if batch <= len(PROMPTS) else [PROMPTS[0]] * batch
-            latents = torch.randn((batch, 4, size // 8, size // 8), generator=torch.Generator().manual_seed(0))
-            common = {"num_inference_steps": args.steps, "guidance_scale": args.guidance, "height": size, "width": size}
+            prompts, latents, common = _txt2img_inputs(args, size, batch)
             runs: dict[str, list[tuple[float, float]]] = {"bound": [], "plain": []}
             outputs = {}
             for rnd in range(args.rounds + 1):
@@ -284,7 +291,7 @@ def _img2img(args: argparse.Namespace) -> None:
         _header("diffusers", "diffusers", True)
         for size in args.sizes:
             for batch in args.batches:
-                prompts = PROMPTS[:batch] if batch <= len(PROMPTS) else [PROMPTS[0]] * batch
+                prompts = _prompts(batch)
                 image = torch.rand((batch, 3, size, size), generator=torch.Generator().manual_seed(1))
                 common = {"guidance_scale": args.guidance, "strength": args.strength, "output_type": "np"}
 
@@ -331,7 +338,7 @@ def _sdxl(args: argparse.Namespace) -> None:
     _header("diffusers torch", "", False)
     for size in args.sizes:
         for batch in args.batches:
-            prompts = PROMPTS[:batch] if batch <= len(PROMPTS) else [PROMPTS[0]] * batch
+            prompts = _prompts(batch)
             common = {"guidance_scale": args.guidance, "height": size, "width": size, "output_type": "np"}
 
             def run_ours(steps: int = args.steps) -> tuple[np.ndarray, float]:
