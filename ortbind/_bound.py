@@ -18,7 +18,7 @@ from . import _binding
 from ._ort import from_ort, is_output_refusal, translate
 from ._runoptions import default_run_options as _default_run_options
 from ._shapes import format_shape
-from .errors import ConfigError, InputError, ModelError, RunError, ShapeError
+from .errors import ConfigError, InputError, ModelError, OutputError, RunError, ShapeError
 
 if TYPE_CHECKING:
     from ._session import TorchSession, _Slot
@@ -138,6 +138,16 @@ class BoundCall:
         self._dynamic = dynamic
         self._passthrough = passthrough
         self._binding = binding
+        # The address the binding holds for each bound tensor. An in-place resize_ beyond its
+        # storage, set_ or .data= after bind() moves the memory and would leave ORT a stale, maybe
+        # freed, address, so every run compares first. (A shape changed in place at the same
+        # address stays within the storage: ORT then reads and writes the bound shape.)
+        self._held = tuple(
+            (t, t.data_ptr(), kind, name)
+            for kind, pairs in (("input", zip((c[0] for c in s._input_checks), tensors)), ("out", outputs.items()))
+            for name, t in pairs
+            if t is not None and t.numel()
+        )
         # On CUDA, the first run of a signature whose predictions are unverified is a checked run.
         self._verify = not plan.verified and any(slot.predicted for slot in slots)
 
@@ -225,6 +235,15 @@ class BoundCall:
             else:
                 graph = -1 if self.graph_id is None or self._verify else self.graph_id
                 options = s._options_for(run_options, synchronize, graph_id=graph)
+            for tensor, address, kind, name in self._held:
+                if tensor.data_ptr() != address:
+                    raise (InputError if kind == "input" else OutputError)(
+                        f"{kind} {name!r}: the tensor bound for it moved to other memory since bind() (an in-place "
+                        f"resize_, set_ or .data=; now shape {format_shape(tensor.shape)}), so ORT would use a "
+                        f"stale address; write new values with copy_(), or rebind()",
+                        kind=kind,
+                        name=name,
+                    )
             if self._verify:
                 return self._checked_run(options)
             binding = self._binding

@@ -239,3 +239,22 @@ def test_cuda_graph_needs_a_cuda_session() -> None:
     ) as info:
         ortbind.TorchSession(TWO, cuda_graph=True)
     assert (info.value.kind, info.value.name) == ("option", "cuda_graph")
+
+
+def test_a_bound_tensor_moved_in_place_is_refused_not_read_stale() -> None:
+    sess = ortbind.TorchSession(TWO)
+    inputs = feeds()
+    bound = sess.bind(inputs)
+    inputs["x"].resize_(1000, 1000)  # reallocates: the bound address would be freed memory
+    with raises(
+        ortbind.InputError,
+        "input 'x': the tensor bound for it moved to other memory since bind() (an in-place resize_, set_ or "
+        ".data=; now shape (1000, 1000)), so ORT would use a stale address; write new values with copy_(), "
+        "or rebind()",
+    ) as info:
+        bound.run()
+    assert (info.value.kind, info.value.name) == ("input", "x")
+    bound.rebind(x=torch.randn(3, 4))
+    bound.run()["y"].data = torch.empty(3, 4)  # the output tensor now points elsewhere
+    with pytest.raises(ortbind.OutputError, match=r"^out 'y': the tensor bound for it moved to other memory"):
+        bound.run()
