@@ -146,7 +146,7 @@ class BoundCall:
             (t, t.data_ptr(), kind, name)
             for kind, pairs in (("input", zip((c[0] for c in s._input_checks), tensors)), ("out", outputs.items()))
             for name, t in pairs
-            if t is not None and t.numel()
+            if t is not None and t.numel() and not (kind == "out" and any(p.name == name for p in passthrough))
         )
         # On CUDA, the first run of a signature whose predictions are unverified is a checked run.
         self._verify = not plan.verified and any(slot.predicted for slot in slots)
