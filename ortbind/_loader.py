@@ -24,6 +24,7 @@ from ._providers import (
     CUDA_GRAPH_OPTIONS,
     GPU_PROVIDERS,
     ProviderSpec,
+    device_id,
     diagnose,
     parse_device,
     plan_providers,
@@ -197,7 +198,7 @@ def adopt(session: Any, device: str | torch.device | None, model: ModelSource | 
                 kind="option",
                 name=flag,
             )
-    own = torch.device("cuda", int(gpu_options.get("device_id", "0") or 0)) if gpu else torch.device("cpu")
+    own = torch.device("cuda", device_id(gpu, gpu_options.get("device_id", "0"))) if gpu else torch.device("cpu")
     wanted = own if device is None else parse_device(device)
     if wanted != own:
         raise ConfigError(

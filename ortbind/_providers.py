@@ -24,6 +24,7 @@ __all__ = [
     "GPU_PROVIDERS",
     "ProviderPlan",
     "ProviderSpec",
+    "device_id",
     "diagnose",
     "parse_device",
     "plan_providers",
@@ -128,7 +129,7 @@ def plan_providers(
         if gpu is None:
             dev = torch.device("cpu")
         else:
-            dev = torch.device("cuda", _device_id(gpu, options.get(gpu, {}).get("device_id", "0")))
+            dev = torch.device("cuda", device_id(gpu, options.get(gpu, {}).get("device_id", "0")))
 
     if providers is None:
         names = [CUDA, CPU] if dev.type == "cuda" else [CPU]
@@ -140,7 +141,7 @@ def plan_providers(
         opts = options.setdefault(name, {})
         if dev.type == "cuda":
             given = opts.get("device_id")
-            if given is not None and _device_id(name, given) != dev.index:
+            if given is not None and device_id(name, given) != dev.index:
                 raise ConfigError(
                     f"provider_options[{name!r}]['device_id'] is {given}, but device is {dev}; "
                     f"make them agree or leave device_id out"
@@ -175,7 +176,7 @@ def _integer_option(provider: str, key: str, value: str) -> int:
         ) from None
 
 
-def _device_id(provider: str, value: str) -> int:
+def device_id(provider: str, value: str) -> int:
     index = _integer_option(provider, "device_id", value)
     if index < 0:
         raise ConfigError(
