@@ -19,18 +19,24 @@ from onnxruntime.capi.onnxruntime_inference_collection import OrtDevice
 from ._dtypes import from_onnx
 from ._metadata import TensorSpec
 from ._shapes import format_shape
-from .errors import CopyWarning, DeviceError, DTypeError, InputError, OutputError, RunError, ShapeError
+from .errors import CopyWarning, DeviceError, DTypeError, InputError, OutputError, ShapeError
 
 __all__ = [
+    "CUDA_ALIGNMENT",
+    "Binding",
     "CudaStreamOrder",
+    "Held",
     "check_input",
     "check_no_overlap",
     "check_out_buffer",
     "check_tensor",
     "dlpack_supported",
+    "from_capsule",
+    "hold",
     "make_ort_device",
-    "new_binding",
-    "tensor_from_ortvalue",
+    "moved",
+    "plain",
+    "short_storage",
 ]
 
 
@@ -58,13 +64,29 @@ size; a misaligned 16-byte access is a CUDA "misaligned address" fault that pois
 """
 
 
-def _has_storage_problem(tensor: torch.Tensor) -> str | None:
+def plain(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` as a plain ``torch.Tensor`` whose methods and properties cannot be overridden.
+
+    A subclass may override ``data_ptr``, ``shape`` or ``is_contiguous`` in Python, or answer them
+    from ``__torch_function__``; ORT must be handed what the memory really is. A plain tensor is
+    returned as it is; a subclass gets an alias of the same memory made with torch function off.
+    """
+    if type(tensor) is torch.Tensor:
+        return tensor
+    with torch._C.DisableTorchFunctionSubclass():
+        return torch.Tensor.as_subclass(tensor, torch.Tensor)
+
+
+def _storage_problem(tensor: torch.Tensor) -> str | None:
     """Why ``tensor`` has no real memory ORT could read or write, or ``None`` if it has."""
     cls = type(tensor)
     if cls is not torch.Tensor and cls.__torch_dispatch__ is not torch.Tensor.__torch_dispatch__:
         # FakeTensor, FunctionalTensor, DTensor and other wrapper subclasses: their data_ptr is
         # null or belongs to something else; ORT would dereference garbage.
         return f"it is a {cls.__module__}.{cls.__qualname__}, a tensor subclass without plain memory of its own"
+    tensor = plain(tensor)
+    if tensor.is_nested:
+        return "it is a nested (jagged) tensor, whose rows are not one dense block"
     if tensor.is_meta:
         return "it is a meta tensor (shape and dtype only, no memory)"
     if torch._C._functorch.is_functorch_wrapped_tensor(tensor) or torch._is_functional_tensor(tensor):
@@ -73,7 +95,29 @@ def _has_storage_problem(tensor: torch.Tensor) -> str | None:
         return "it is an efficient zero tensor (no memory behind it)"
     if tensor.numel() and not tensor.data_ptr():
         return "its data pointer is null"
-    return None
+    return short_storage(tensor)
+
+
+def short_storage(tensor: torch.Tensor) -> str | None:
+    """Why a plain tensor's storage does not hold all its elements (a storage resized under it), or ``None``.
+
+    ``untyped_storage().resize_(0)`` (how FSDP frees parameters) leaves every view of it pointing
+    at base + offset with nothing behind it; ORT would read or write past the allocation.
+    """
+    if not tensor.numel():
+        return None
+    storage = tensor.untyped_storage()
+    # The last element's offset follows the strides (an expanded or transposed view reaches less
+    # or other memory than numel elements), then one element more.
+    last = sum((size - 1) * stride for size, stride in zip(tensor.shape, tensor.stride()))
+    end = tensor.data_ptr() + (last + 1) * tensor.element_size()
+    available = storage.data_ptr() + storage.nbytes()
+    if end <= available:
+        return None
+    return (
+        f"its storage holds {storage.nbytes()} bytes, but its elements reach byte "
+        f"{end - storage.data_ptr()} (the storage was resized under it)"
+    )
 
 
 def check_tensor(
@@ -84,6 +128,10 @@ def check_tensor(
     device: torch.device,
 ) -> torch.Tensor:
     """Check everything but contiguity, lazy bits and alignment: type, storage, dtype, device.
+
+    Returns:
+        The tensor to bind: ``value`` itself, or for a subclass a plain alias of its memory (see
+        :func:`plain`).
 
     Args:
         kind: ``"input"`` or ``"out"``, for messages.
@@ -108,7 +156,7 @@ def check_tensor(
             kind=kind,
             name=name,
         )
-    problem = _has_storage_problem(value)
+    problem = _storage_problem(value)
     if problem is not None:
         raise error(
             f"{where}: {problem}; ONNX Runtime needs a tensor backed by real memory, "
@@ -116,6 +164,7 @@ def check_tensor(
             kind=kind,
             name=name,
         )
+    value = plain(value)
     if value.dtype is not spec.dtype:
         raise DTypeError(
             f"{where}: expected dtype {spec.dtype} (ONNX {spec.elem_type_name}), got {value.dtype}; "
@@ -238,8 +287,10 @@ def _span(tensor: torch.Tensor) -> tuple[int, int]:
     return start, start + tensor.numel() * tensor.element_size()
 
 
-def check_no_overlap(outs: Iterable[tuple[str, torch.Tensor]], inputs: Iterable[tuple[str, torch.Tensor]]) -> None:
-    """Raise if an ``out=`` buffer shares memory with another one or with an input.
+def check_no_overlap(
+    outs: Iterable[tuple[str, torch.Tensor]], inputs: Iterable[tuple[str, torch.Tensor]], label: str = "out"
+) -> None:
+    """Raise if an ``out=`` buffer (or a shared input, ``label="share"``) shares memory with another one or an input.
 
     ORT may write an output while it still reads an input, so an aliased buffer gives wrong
     results even where the sizes fit.
@@ -255,33 +306,21 @@ def check_no_overlap(outs: Iterable[tuple[str, torch.Tensor]], inputs: Iterable[
             olo, ohi = _span(other)
             if lo < ohi and olo < hi:
                 raise OutputError(
-                    f"out {name!r}: buffer overlaps {kind} {other_name!r} in memory; "
+                    f"{label} {name!r}: buffer overlaps {kind} {other_name!r} in memory; "
                     f"outputs need memory of their own, pass a separate tensor",
-                    kind="out",
+                    kind="out" if label == "out" else "output",
                     name=name,
                 )
 
 
-def tensor_from_ortvalue(value: Any, spec: TensorSpec, device: torch.device) -> torch.Tensor:
-    """Wrap an output that ORT allocated as a torch tensor, without copying.
+def from_capsule(capsule: Any, shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A tensor over an output ORT allocated, from its DLPack capsule (``None`` for an empty output).
 
     The tensor owns the ORT value through DLPack's deleter, so it stays valid after later runs.
     """
-    shape = tuple(value.shape())
-    dtype = spec.dtype
-    assert dtype is not None  # unsupported outputs are refused before binding
-    numel = 1
-    for d in shape:
-        numel *= d
-    if numel == 0:
-        return torch.empty(shape, dtype=dtype, device=device)
-    if not dlpack_supported(spec):
-        raise RunError(
-            f"output {spec.name!r}: ONNX Runtime allocated it as {format_shape(shape)} "
-            f"{spec.elem_type_name}, which it cannot hand over through DLPack; "
-            f"pass output_shapes={{{spec.name!r}: {shape}}} so ortbind allocates it"
-        )
-    tensor = torch.utils.dlpack.from_dlpack(value.to_dlpack())
+    if capsule is None:
+        return torch.empty(tuple(shape), dtype=dtype, device=device)
+    tensor = torch.utils.dlpack.from_dlpack(capsule)
     if dtype is torch.bool:
         tensor = tensor.view(torch.bool)  # DLPack carries bool as uint8
     return tensor
@@ -291,6 +330,42 @@ def dlpack_supported(spec: TensorSpec) -> bool:
     """Whether ORT can hand an output of this type over through DLPack (float8 it cannot)."""
     row = from_onnx(spec.elem_type)
     return row is not None and (row.numpy is not None or row.torch is torch.bfloat16)
+
+
+Held = tuple[torch.Tensor, torch.UntypedStorage, int, int, int, str, str]
+"""What a bound call keeps of each tensor it bound: ``(tensor, storage, address, storage base,
+end, kind, name)``; see :func:`hold` and :func:`moved`."""
+
+
+def hold(kind: str, name: str, tensor: torch.Tensor) -> Held:
+    """Record a plain, non-empty tensor as bound at its current address, keeping its storage alive.
+
+    Holding the storage object keeps the bound memory allocated even if the tensor is re-pointed
+    (``.data =``, ``set_``), so torch's allocator cannot hand the same address to a smaller block;
+    the storage's own base and size then tell whether it was resized in place.
+    """
+    storage = tensor.untyped_storage()
+    address = tensor.data_ptr()
+    return tensor, storage, address, storage.data_ptr(), address + tensor.nbytes, kind, name
+
+
+def moved(held: Held) -> str | None:
+    """What happened to a held tensor that is no longer where it was bound (``None`` while it is).
+
+    Cheap enough for every run of a bound call: three pointer-sized reads per tensor.
+    """
+    tensor, storage, address, base, end, _, _ = held
+    if tensor.data_ptr() != address:
+        return (
+            f"the tensor bound for it moved to other memory since bind() (an in-place resize_, set_ or .data=; "
+            f"now shape {format_shape(tensor.shape)})"
+        )
+    if storage.data_ptr() != base or storage.data_ptr() + storage.nbytes() < end:
+        return (
+            f"the storage of the tensor bound for it was resized since bind() (untyped_storage().resize_; now "
+            f"{storage.nbytes()} bytes), so the bound memory is gone"
+        )
+    return None
 
 
 class CudaStreamOrder:
@@ -303,46 +378,63 @@ class CudaStreamOrder:
     both waits are skipped.
 
     With ``stream=None`` (an adopted session whose ORT stream is unknown) the caller's stream is
-    synchronized before the run instead; ORT's default synchronous run orders the outputs.
+    synchronized before the run instead, and runs must be synchronous (ORT then blocks until its
+    own stream is done); ortbind refuses ``synchronize=False`` for such sessions.
 
-    ORT calls ``cudaSetDevice`` at the start of a run and does not restore it; :meth:`after` puts
-    back the caller's current device so a session on ``cuda:1`` does not move torch's.
+    The session's device is made current for the run and the caller's restored after: ORT does
+    not call ``cudaSetDevice`` when a run starts on a user compute stream, so without this a
+    session on ``cuda:1`` would launch its kernels while device 0 is current.
     """
 
     def __init__(self, stream: torch.cuda.Stream | None, device: torch.device) -> None:
         self.stream = stream
         self.device = device
+        self.index = device.index if device.index is not None else 0
 
-    def before(self, inputs: Sequence[torch.Tensor], asynchronous: bool) -> tuple[torch.cuda.Stream | None, int]:
-        """Make ORT's stream wait for the caller's; returns what :meth:`after` needs.
+    def before(self, tensors: Iterable[torch.Tensor], asynchronous: bool) -> tuple[torch.cuda.Stream | None, int]:
+        """Make the session's device current and ORT's stream wait for the caller's.
 
-        For an asynchronous run (``disable_synchronize_execution_providers``), each CUDA input is
-        also recorded as in use on ORT's stream, so torch's caching allocator does not hand its
-        memory out again while ORT may still read it.
+        For an asynchronous run (``disable_synchronize_execution_providers``), every tensor the
+        run reads or writes is recorded as in use on ORT's stream, so torch's caching allocator
+        does not hand its memory out again while ORT may still use it.
         """
-        previous_device = torch.cuda.current_device()
+        previous = torch.cuda._exchange_device(self.index)
         current = torch.cuda.current_stream(self.device)
         if self.stream is None:
             current.synchronize()
-            return None, previous_device
+            return None, previous
         if asynchronous:
-            for tensor in inputs:
+            for tensor in tensors:
                 if tensor.is_cuda:
                     tensor.record_stream(self.stream)
         if current == self.stream:
-            return None, previous_device
+            return None, previous
         self.stream.wait_stream(current)
-        return current, previous_device
+        return current, previous
 
     def after(self, state: tuple[torch.cuda.Stream | None, int]) -> None:
         """Make the caller's stream wait for ORT's; restore the caller's current device."""
-        current, previous_device = state
+        current, previous = state
         if current is not None and self.stream is not None:
             current.wait_stream(self.stream)
-        if torch.cuda.current_device() != previous_device:
-            torch.cuda.set_device(previous_device)
+        torch.cuda._exchange_device(previous)
 
 
-def new_binding(session: Any) -> Any:
-    """A fresh IOBinding for one run (0.35 µs): no state is shared between calls or threads."""
-    return ort_c.SessionIOBinding(session)
+class Binding:
+    """An ORT IOBinding and what it holds, so an unchanged input is not bound again.
+
+    Attributes:
+        io: The ORT ``SessionIOBinding`` (creating one costs about 0.35 µs).
+        inputs: Per input, the ``(address, shape)`` it holds, or ``None``.
+        outputs: The output indices last bound by a plain call (``None``: nothing kept).
+        bound_outputs: Output name -> ``(address, shape)`` a bound call's binding holds, so
+            re-binding it after a rebind() skips outputs that did not change.
+    """
+
+    __slots__ = ("bound_outputs", "inputs", "io", "outputs")
+
+    def __init__(self, session: Any, inputs: int) -> None:
+        self.io = ort_c.SessionIOBinding(session)
+        self.inputs: list[tuple[int, torch.Size] | None] = [None] * inputs
+        self.outputs: tuple[int, ...] | None = None
+        self.bound_outputs: dict[str, tuple[int, torch.Size]] = {}

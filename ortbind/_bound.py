@@ -1,8 +1,10 @@
 """BoundCall: a call checked and bound once, then only run (fixed shapes; the floor of per-call cost).
 
-Loops with fixed shapes (a denoising loop, a decoder step) pay for checks, binds and output
-allocation once instead of on every call, and CUDA graphs, which replay fixed addresses, become
-possible. :meth:`ortbind.TorchSession.bind` makes one.
+Loops with fixed shapes (a denoising loop) pay for checks, binds and output allocation once
+instead of on every call, and CUDA graphs, which replay fixed addresses, become possible. Loops
+whose inputs change a little each step (a decoder: new token ids, a longer mask) re-bind just
+those with :meth:`BoundCall.rebind`. :meth:`ortbind.TorchSession.bind` makes one; it runs through
+the session's engine like every call, with the same checks.
 """
 
 from __future__ import annotations
@@ -15,15 +17,39 @@ import onnxruntime as ort
 import torch
 
 from . import _binding
-from ._ort import from_ort, is_output_refusal, translate
-from ._runoptions import default_run_options as _default_run_options
-from ._shapes import format_shape
-from .errors import ConfigError, InputError, ModelError, OutputError, RunError, ShapeError
+from .errors import ConfigError, InputError, OutputError, RunError, ShapeError
 
 if TYPE_CHECKING:
-    from ._session import TorchSession, _Slot
+    from ._binding import Held
+    from ._engine import Engine
+    from ._execute import Prepared
+    from ._plan import Plan
 
 __all__ = ["BoundCall"]
+
+
+class _State:
+    """What one bind produced (replaced whole by each rebind)."""
+
+    __slots__ = ("feeds", "held", "plan", "prepared", "refresh", "signature", "subclassed")
+
+    def __init__(
+        self,
+        feeds: dict[str, torch.Tensor],
+        signature: tuple[torch.Size, ...],
+        plan: Plan,
+        prepared: Prepared,
+        held: tuple[Held, ...],
+        refresh: tuple[tuple[int, torch.Tensor, torch.Tensor], ...],
+        subclassed: tuple[tuple[str, torch.Tensor, int], ...],
+    ) -> None:
+        self.feeds = feeds
+        self.signature = signature
+        self.plan = plan
+        self.prepared = prepared
+        self.held = held
+        self.refresh = refresh
+        self.subclassed = subclassed
 
 
 class BoundCall:
@@ -33,24 +59,27 @@ class BoundCall:
     output stays bound at a fixed address:
 
     - :meth:`run` only runs, and returns **the same output tensors every time**, overwritten by
-      each run: clone what must survive the next one.
+      each run (their autograd versions bumped, so a graph that saved one raises instead of
+      computing with overwritten values): clone what must survive the next run.
     - Inputs are updated in place (``bound.inputs["sample"].copy_(new)``), or re-bound with
-      :meth:`rebind`, which checks like a call and re-plans the outputs if a shape changed.
+      :meth:`rebind`, which checks the inputs it is given like a call and re-plans the outputs
+      for the new shapes, keeping every output whose shape did not change.
+    - An input copied because of ``allow_copy`` is copied again from the caller's tensor before
+      each run, so updating the caller's tensor in place is seen.
     - Outputs whose shape cannot be known ahead (rule d: data-dependent shapes) are allocated by
       ORT on every run and come back as new tensors each time; in a ``cuda_graph`` session such
       an output is an error at :meth:`TorchSession.bind`.
-    - The bound call keeps every bound tensor alive (the caller's inputs and ``out=`` buffers
-      included) until it is re-bound or dropped.
-    - It is not for concurrent use: a second thread calling :meth:`run` while one runs gets a
-      :class:`~ortbind.RunError`. Bind one per thread.
+    - The bound call keeps every bound tensor, and its storage, alive until it is re-bound or
+      dropped, and checks before each run that each is still where it was bound (an in-place
+      ``resize_``, ``set_``, ``.data =`` or a storage resized under it is an error, never a stale
+      or freed address handed to ORT).
+    - It is not for concurrent use: a second thread calling :meth:`run` or :meth:`rebind` while
+      one runs gets a :class:`~ortbind.RunError`. Bind one per thread.
     - In a ``cuda_graph`` session it owns one CUDA graph (:attr:`graph_id`), captured by ORT
       on its first runs and replayed after. Re-binding a different buffer after capture is
       refused: the graph replays the addresses it captured. Copy new values into the bound
-      tensors instead.
-    - On CUDA, the first run of a signature whose output shapes were predicted is a checked
-      (verifying) run: ORT allocates those outputs and their values are copied into the bound
-      buffers once; if a prediction proves wrong, the bound outputs are re-planned then, and
-      :attr:`outputs` holds the new tensors from that run on.
+      tensors instead. Inputs a CUDA session keeps in host memory are refused there (a replay
+      reuses the values read when the graph was captured).
 
     Attributes:
         graph_id: The ``gpu_graph_id`` of this call's CUDA graph, or ``None`` outside
@@ -59,152 +88,171 @@ class BoundCall:
 
     def __init__(
         self,
-        session: TorchSession,
+        engine: Engine,
         feeds: Mapping[str, torch.Tensor],
         output_names: Sequence[str] | None,
         out: Mapping[str, torch.Tensor] | None,
+        share: Mapping[str, str] | None,
     ) -> None:
-        self._session = session
+        self._engine = engine
         self._lock = threading.Lock()
-        self.graph_id: int | None = next(session._graph_ids) if session._cuda_graph else None
+        self.graph_id: int | None = engine.next_graph_id() if engine.cuda_graph else None
+        self._graph = None if self.graph_id is None else engine.policy.graph_options(self.graph_id)
+        self._indices = engine.outputs.all if output_names is None else engine.outputs.select(output_names)
+        self._out = dict(_mapping(out, "out")) if out is not None else {}
+        self._share = dict(_mapping(share, "share")) if share is not None else {}
         self._runs = 0
-        self._output_names = None if output_names is None else tuple(output_names)
-        self._graph_options = (
-            None
-            if self.graph_id is None
-            else _default_run_options(synchronize=session._synchronize, cuda_graph=True, graph_id=self.graph_id)
-        )
-        self._bind(dict(feeds), dict(out or {}))
+        self._broken: str | None = None
+        given = dict(engine.check_feeds_mapping(feeds, "feeds"))
+        binding = engine.executor.new_binding(())
+        tensors, signature = engine.inputs.check(given, binding)
+        self._state = self._prepare(given, tensors, signature, binding, keep={})
 
     # ------------------------------------------------------------------ binding
 
-    def _bind(self, feeds: dict[str, torch.Tensor], out: dict[str, torch.Tensor]) -> None:
-        s = self._session
-        tensors, signature = s._collect(feeds)
-        plan = s._lookup(signature)
-        indices = s._all_outputs if self._output_names is None else s._select(self._output_names)
-        slots = [plan.slots[i] for i in indices]
-        buffers = s._check_out(out, slots, tensors) if out else {}
-        outputs: dict[str, torch.Tensor | None] = {}
-        dynamic: list[tuple[int, _Slot]] = []  # (position among bound outputs, slot): ORT allocates per run
-        passthrough: list[_Slot] = []
-        binding = _binding.new_binding(s._c_session)
-        s._bind_inputs(binding, tensors)
-        try:
-            position = 0
-            for slot in slots:
-                if slot.problem is not None:
-                    raise ModelError(
-                        s._unsupported_output_message(s._spec.outputs[slot.index]), kind="output", name=slot.name
-                    )
-                buffer = buffers.get(slot.name)
-                if slot.passthrough is not None:
-                    self._refuse_under_graph(slot.name, "it passes an input through, which ortbind copies per run")
-                    outputs[slot.name] = buffer if buffer is not None else torch.empty_like(tensors[slot.passthrough])
-                    passthrough.append(slot)
-                    continue
-                if buffer is None and slot.expected is not None and 0 not in slot.expected:
-                    buffer = torch.empty(slot.expected, dtype=slot.dtype, device=s._device)
-                if buffer is not None and buffer.numel():
-                    binding.bind_output(slot.name, s._ort_device, slot.elem_type, buffer.shape, buffer.data_ptr())
-                    outputs[slot.name] = buffer
-                else:
-                    if buffer is None:
-                        reason = plan.outputs[slot.index].reason or "no rule applies"
-                        self._refuse_under_graph(slot.name, f"its shape cannot be known before the run ({reason})")
-                        if not s._dlpack_ok[slot.index]:
-                            raise ShapeError(
-                                f"output {slot.name!r}: its shape cannot be known before the run ({reason}), and "
-                                f"ONNX Runtime cannot hand {s._spec.outputs[slot.index].elem_type_name} tensors "
-                                f"over through DLPack; pass out={{{slot.name!r}: buffer}} to bind()",
-                                kind="output",
-                                name=slot.name,
-                            )
-                    binding.bind_output(slot.name, s._ort_device)
-                    outputs[slot.name] = buffer  # None, or an empty caller buffer
-                    dynamic.append((position, slot))
-                position += 1
-        except Exception as exc:
-            if not from_ort(exc) or isinstance(exc, (ShapeError, ModelError, ConfigError)):
-                raise
-            raise translate(exc, "bind", subject="bound call", name=None) from exc
-        self._feeds = feeds
-        self._out = out
-        self._tensors = tensors  # what ORT reads: the caller's tensors, or checked copies
-        self._signature = signature
-        self._slots = slots
-        self._buffers = buffers
-        self._outputs = outputs
-        self._dynamic = dynamic
-        self._passthrough = passthrough
-        self._binding = binding
-        # The address the binding holds for each bound tensor. An in-place resize_ beyond its
-        # storage, set_ or .data= after bind() moves the memory and would leave ORT a stale, maybe
-        # freed, address, so every run compares first. (A shape changed in place at the same
-        # address stays within the storage: ORT then reads and writes the bound shape.)
-        self._held = tuple(
-            (t, t.data_ptr(), kind, name)
-            for kind, pairs in (("input", zip((c[0] for c in s._input_checks), tensors)), ("out", outputs.items()))
-            for name, t in pairs
-            if t is not None and t.numel() and not (kind == "out" and any(p.name == name for p in passthrough))
+    def _plan(
+        self, tensors: list[torch.Tensor], signature: tuple[torch.Size, ...]
+    ) -> tuple[Plan, list[Any], dict[str, torch.Tensor] | None, dict[str, int] | None]:
+        """Plan and check the outputs for these inputs; binds nothing."""
+        engine = self._engine
+        plan = engine.plans.get(signature)
+        if not plan.verified and any(plan.slots[i].predicted for i in self._indices):
+            plan = engine.verify(dict(zip(engine.inputs.names, tensors)), self._indices, signature)
+        slots, buffers, shared = engine.outputs_for(
+            plan, self._indices, tensors, self._out or None, None, self._share or None
         )
-        # On CUDA, the first run of a signature whose predictions are unverified is a checked run.
-        self._verify = not plan.verified and any(slot.predicted for slot in slots)
-
-    def _refuse_under_graph(self, name: str, why: str) -> None:
         if self.graph_id is not None:
-            raise ShapeError(
-                f"output {name!r}: a CUDA-graph bound call needs every output at a fixed address, but {why}; "
-                f"bind it with out={{{name!r}: buffer}}, leave it out of output_names, or use a session "
-                f"without cuda_graph",
-                kind="output",
+            self._check_graph(slots, plan)
+        return plan, slots, buffers, shared
+
+    def _prepare(
+        self,
+        feeds: dict[str, torch.Tensor],
+        tensors: list[torch.Tensor],
+        signature: tuple[torch.Size, ...],
+        binding: _binding.Binding,
+        keep: Mapping[str, torch.Tensor],
+    ) -> _State:
+        plan, slots, buffers, shared = self._plan(tensors, signature)
+        prepared = self._engine.executor.prepare(binding, tensors, slots, buffers, shared, keep=keep)
+        return self._state_for(feeds, signature, plan, prepared)
+
+    def _state_for(
+        self, feeds: dict[str, torch.Tensor], signature: tuple[torch.Size, ...], plan: Plan, prepared: Prepared
+    ) -> _State:
+        names = self._engine.inputs.names
+        held: list[Held] = []
+        refresh: list[tuple[int, torch.Tensor, torch.Tensor]] = []
+        subclassed: list[tuple[str, torch.Tensor, int]] = []
+        for index, (name, tensor) in enumerate(zip(names, prepared.tensors)):
+            caller = feeds[name]
+            if tensor is not caller:
+                given = _binding.plain(caller)
+                if given.data_ptr() != tensor.data_ptr():  # a copy (allow_copy): refreshed per run
+                    refresh.append((index, given, tensor))
+                    continue
+                subclassed.append((name, caller, tensor.data_ptr()))
+            if tensor.numel():
+                held.append(_binding.hold("input", name, tensor))
+        shared = prepared.shared or {}
+        for name, output in prepared.results.items():
+            if output is not None and output.numel() and name not in shared:
+                held.append(_binding.hold("out", name, output))
+        return _State(feeds, signature, plan, prepared, tuple(held), tuple(refresh), tuple(subclassed))
+
+    def _check_graph(self, slots: Sequence[Any], plan: Plan) -> None:
+        engine = self._engine
+        for index in sorted(engine.host_inputs):
+            name = engine.inputs.names[index]
+            raise InputError(
+                f"input {name!r}: the CUDA session keeps it in host memory, and a CUDA graph reads such an input "
+                f"only when it is captured (replays reuse that value, so a later copy_() into it would be ignored "
+                f"silently); run this model in a session without cuda_graph",
+                kind="input",
                 name=name,
             )
+        for slot in slots:
+            why = None
+            if slot.passthrough is not None:
+                why = "it passes an input through, which ortbind copies per run"
+            elif slot.shape is None and slot.name not in self._out and slot.name not in self._share:
+                rule_reason = plan.entries[slot.index][2] or "no rule applies"
+                why = f"its shape cannot be known before the run ({rule_reason})"
+            if why is not None:
+                raise ShapeError(
+                    f"output {slot.name!r}: a CUDA-graph bound call needs every output at a fixed address, but {why}; "
+                    f"bind it with out={{{slot.name!r}: buffer}}, leave it out of output_names, or use a session "
+                    f"without cuda_graph",
+                    kind="output",
+                    name=slot.name,
+                )
 
     def rebind(self, feeds: Mapping[str, torch.Tensor] | None = None, /, **more: torch.Tensor) -> None:
-        """Bind other input tensors, checked like a call; a new shape re-plans the outputs.
+        """Bind other tensors for some inputs, checked like a call; the outputs follow the new shapes.
 
-        Inputs not named keep their tensors. Outputs the bound call allocated are re-allocated
-        when the input shapes change (the old tensors are no longer written); ``out=`` buffers given
-        to :meth:`TorchSession.bind` stay bound and must still fit.
+        Inputs not named keep their tensors (and are not checked or bound again). Outputs the
+        bound call allocated keep their tensors while their shape is unchanged, and are
+        re-allocated when it changes (the old tensors are then no longer written); ``out=``
+        buffers given to :meth:`TorchSession.bind` stay bound and must still fit; shared outputs
+        follow their inputs. Cheap enough for every step of a decoder loop.
 
         Raises:
-            ConfigError: This call's CUDA graph was captured and an address would change.
+            ConfigError: This call's CUDA graph was captured and an address or shape would change.
+            RunError: Another thread is running this bound call.
             InputError, DTypeError, ShapeError, DeviceError: As for a call.
         """
-        changes = {**(feeds or {}), **more}
-        unknown = [n for n in changes if n not in self._session._input_index]
-        if unknown:
-            raise InputError(self._session._unknown_message(unknown[0]), kind="input", name=unknown[0])
-        if self.graph_id is not None and self._runs:
-            moved = [
-                name
-                for name, tensor in changes.items()
-                if not isinstance(tensor, torch.Tensor)
-                or tensor.data_ptr() != self._feeds[name].data_ptr()
-                or tensor.shape != self._feeds[name].shape
-            ]
-            if moved:
-                raise ConfigError(
-                    f"rebind: input {moved[0]!r} would move, but this bound call's CUDA graph was captured with "
-                    f"the old addresses and shapes and replays them; copy the new values into the bound tensor "
-                    f"(bound.inputs[{moved[0]!r}].copy_(value)) instead, or make a new bind()",
-                    kind="input",
-                    name=moved[0],
-                )
-        self._bind({**self._feeds, **changes}, self._out)
+        engine = self._engine
+        changes = dict(engine.check_feeds_mapping(feeds, "rebind") if feeds is not None else {})
+        changes.update(more)
+        with self._exclusive("rebind"):
+            state = self._state
+            indices = [engine.inputs.require(name) for name in changes]
+            tensors = list(state.prepared.tensors)
+            shapes = list(state.signature)
+            accepted = []
+            for index, value in zip(indices, changes.values()):
+                tensor, _, shape = engine.inputs.accept(index, value)
+                tensors[index], shapes[index] = tensor, shape
+                accepted.append((index, tensor))
+            if self.graph_id is not None and self._runs:
+                moved = [
+                    engine.inputs.names[i]
+                    for i, t in accepted
+                    if t.data_ptr() != state.prepared.tensors[i].data_ptr() or t.shape != state.signature[i]
+                ]
+                if moved:
+                    raise ConfigError(
+                        f"rebind: input {moved[0]!r} would move, but this bound call's CUDA graph was captured with "
+                        f"the old addresses and shapes and replays them; copy the new values into the bound tensor "
+                        f"(bound.inputs[{moved[0]!r}].copy_(value)) instead, or make a new bind()",
+                        kind="input",
+                        name=moved[0],
+                    )
+            signature = tuple(shapes)
+            plan, slots, buffers, shared = self._plan(tensors, signature)
+            binding = state.prepared.binding
+            keep = {n: t for n, t in state.prepared.results.items() if t is not None}
+            # Everything above only checked; from here the binding changes, and a failure (ORT
+            # refusing a bind, memory running out) leaves the call unusable until the next
+            # successful rebind: never half-bound and runnable.
+            self._broken = "its last rebind() failed halfway"
+            for index, tensor in accepted:
+                engine.inputs.bind(binding, index, tensor)
+            prepared = engine.executor.prepare(binding, tensors, slots, buffers, shared, keep=keep)
+            self._state = self._state_for({**state.feeds, **changes}, signature, plan, prepared)
+            self._broken = None
 
     # ------------------------------------------------------------------ running
 
     @property
     def inputs(self) -> dict[str, torch.Tensor]:
-        """Input name -> the tensor bound for it (write new values into these in place)."""
-        return dict(self._feeds)
+        """Input name -> the caller's tensor bound for it (write new values into these in place)."""
+        return dict(self._state.feeds)
 
     @property
     def outputs(self) -> dict[str, torch.Tensor | None]:
         """Output name -> the bound tensor; ``None`` for outputs ORT allocates on each run."""
-        return dict(self._outputs)
+        return dict(self._state.prepared.results)
 
     def run(
         self, *, run_options: ort.RunOptions | None = None, synchronize: bool | None = None
@@ -219,102 +267,85 @@ class BoundCall:
         Raises:
             RunError: ONNX Runtime failed, the run was terminated, or another thread is running
                 this bound call right now.
+            InputError, OutputError: A bound tensor moved or lost its memory since it was bound.
         """
-        if not self._lock.acquire(blocking=False):
-            raise RunError(
-                "bound call: already running in another thread; a BoundCall is not for concurrent use, "
-                "bind one per thread",
-                kind="run",
-            )
-        try:
-            s = self._session
-            if run_options is None and synchronize is None:
-                options = (
-                    self._graph_options if self._graph_options is not None and not self._verify else s._run_options
-                )
-            else:
-                graph = -1 if self.graph_id is None or self._verify else self.graph_id
-                options = s._options_for(run_options, synchronize, graph_id=graph)
-            for tensor, address, kind, name in self._held:
-                if tensor.data_ptr() != address:
-                    raise (InputError if kind == "input" else OutputError)(
-                        f"{kind} {name!r}: the tensor bound for it moved to other memory since bind() (an in-place "
-                        f"resize_, set_ or .data=; now shape {format_shape(tensor.shape)}), so ORT would use a "
-                        f"stale address; write new values with copy_(), or rebind()",
-                        kind=kind,
+        engine = self._engine
+        with self._exclusive("run"):
+            if self._broken is not None:
+                raise RunError(f"bound call: {self._broken}; rebind() again before running", kind="run")
+            state = self._state
+            for name, caller, address in state.subclassed:
+                with torch._C.DisableTorchFunctionSubclass():
+                    now = torch.Tensor.data_ptr(caller)
+                if now != address:
+                    raise InputError(
+                        f"input {name!r}: the tensor bound for it moved to other memory since it was bound; "
+                        f"write new values with copy_(), or rebind()",
+                        kind="input",
                         name=name,
                     )
-            if self._verify:
-                return self._checked_run(options)
-            binding = self._binding
-            for _, slot in self._dynamic:
-                binding.bind_output(slot.name, s._ort_device)  # ORT would reuse its last allocation
-            order = s._stream_order
-            state = order.before(self._tensors, s._asynchronous(options)) if order is not None else None
-            try:
-                s._c_session.run_with_iobinding(binding, options)
-            except Exception as exc:
-                if not from_ort(exc):
-                    raise
-                if self.graph_id is None and is_output_refusal(exc) and any(x.predicted for x in self._slots):
-                    return self._checked_run(options)
-                raise translate(exc, "run") from exc
-            finally:
-                if state is not None:
-                    order.after(state)  # type: ignore[union-attr]
+            graph_id = -1 if self.graph_id is None else self.graph_id
+            options, asynchronous = engine.policy.choose(run_options, synchronize, self._graph, graph_id)
+            prepared = state.prepared
+            binding = prepared.binding
+            results, plan = engine.executor.execute(
+                prepared,
+                state.signature,
+                state.plan,
+                options,
+                asynchronous,
+                transient=False,
+                held=state.held,
+                refresh=state.refresh,
+                retry=self.graph_id is None,
+            )
             self._runs += 1
-            return self._finish()
-        finally:
-            self._lock.release()
+            if plan is not state.plan or prepared.binding is not binding:
+                # The run taught the plan (a refused or checked prediction): bind the outputs it now
+                # knows, and hand back this run's values in them.
+                self._rebind_outputs(state, prepared)
+                for name, bound in self._state.prepared.results.items():
+                    value = results.get(name)
+                    if bound is not None and value is not None and value is not bound and value.shape == bound.shape:
+                        results[name] = bound.copy_(value)
+            return results
 
-    def _finish(self) -> dict[str, torch.Tensor]:
-        results: dict[str, Any] = dict(self._outputs)
-        if self._dynamic:
-            values = self._binding.get_outputs()
-            s = self._session
-            for position, slot in self._dynamic:
-                value = _binding.tensor_from_ortvalue(values[position], s._spec.outputs[slot.index], s._device)
-                buffer = self._outputs[slot.name]
-                if buffer is not None:  # an empty caller buffer
-                    if value.shape != buffer.shape:
-                        raise ShapeError(
-                            f"out {slot.name!r}: the run produced shape {format_shape(value.shape)}, "
-                            f"not the bound {format_shape(buffer.shape)}",
-                            kind="out",
-                            name=slot.name,
-                        )
-                    value = buffer
-                results[slot.name] = value
-            del values
-        for slot in self._passthrough:
-            assert slot.passthrough is not None
-            results[slot.name].copy_(self._tensors[slot.passthrough])
-        if self._buffers:
-            torch.autograd.graph.increment_version(tuple(self._buffers.values()))
-        return results
+    def _rebind_outputs(self, state: _State, prepared: Prepared) -> None:
+        plan, slots, buffers, shared = self._plan(prepared.tensors, state.signature)
+        keep = {n: t for n, t in prepared.results.items() if t is not None}
+        again = self._engine.executor.prepare(prepared.binding, prepared.tensors, slots, buffers, shared, keep=keep)
+        self._state = self._state_for(state.feeds, state.signature, plan, again)
 
-    def _checked_run(self, options: ort.RunOptions) -> dict[str, torch.Tensor]:
-        """A run through the session's own path, which verifies predictions and learns; then re-bind.
+    def _exclusive(self, what: str) -> _Exclusive:
+        return _Exclusive(self._lock, what)
 
-        Used for the first run of an unverified signature (CUDA) and after ORT refused a predicted
-        buffer. The session writes into the bound buffers where the shapes held; where one did
-        not, the outputs are re-planned and this run's values land in the new buffers.
-        """
-        s = self._session
-        fixed = {name: t for name, t in self._outputs.items() if t is not None and t.numel()}
-        try:
-            results = s.run(self._feeds, self._output_names, out=fixed, run_options=options)
-        except ShapeError as exc:
-            if exc.kind != "out" or exc.name in self._out:
-                raise
-            # A prediction proved wrong for a buffer the bound call allocated: the plan has
-            # learned; let the session allocate this run's outputs, then re-bind from the new plan.
-            results = s.run(self._feeds, self._output_names, out={n: t for n, t in fixed.items() if n in self._out})
-        self._bind(self._feeds, self._out)
-        self._runs += 1
-        for name, value in results.items():
-            bound = self._outputs.get(name)
-            if bound is not None and bound is not value and bound.shape == value.shape:
-                bound.copy_(value)
-                results[name] = bound
-        return results
+
+class _Exclusive:
+    """The bound call's lock, taken without waiting: concurrent use is an error, not a wait."""
+
+    __slots__ = ("lock", "what")
+
+    def __init__(self, lock: threading.Lock, what: str) -> None:
+        self.lock = lock
+        self.what = what
+
+    def __enter__(self) -> None:
+        if not self.lock.acquire(blocking=False):
+            raise RunError(
+                f"bound call: {self.what}() while another thread uses it; a BoundCall is not for concurrent use, "
+                f"bind one per thread",
+                kind="run",
+            )
+
+    def __exit__(self, *exc: object) -> None:
+        self.lock.release()
+
+
+def _mapping(value: object, what: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise OutputError(
+            f"{what}: expected a mapping of output name -> {'tensor' if what == 'out' else 'input name'}, "
+            f"got {type(value).__name__}; pass a dict",
+            kind="out" if what == "out" else "output",
+        )
+    return value

@@ -1,4 +1,4 @@
-"""Rule (c): ONNX shape inference on concrete input shapes.
+"""Rule (c): ONNX shape inference on concrete input shapes, in a worker process.
 
 A trimmed copy of the graph (the skeleton) is made once: large or external initializers, and
 Constant nodes holding large tensors, become typed graph inputs, so no weight bytes are copied or
@@ -9,15 +9,28 @@ output and intermediate shapes are cleared so a wrong declaration cannot veto th
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import itertools
 import logging
+import os
+import pickle
+import select
+import struct
+import subprocess
+import sys
 import threading
+import warnings
+import weakref
 from collections.abc import Mapping
-from typing import Final
+from pathlib import Path
+from typing import Any, Final
 
 import onnx
 import onnx.shape_inference
 
-from ._shapes import Shape
+from ._dimexpr import Shape
+from .errors import OrtbindWarning
 
 __all__ = ["ShapeInferencer"]
 
@@ -100,43 +113,167 @@ def _make_skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 class ShapeInferencer:
-    """Infers output dims from concrete input shapes; thread-safe.
+    """Infers output dims from concrete input shapes, in a worker process; thread-safe.
+
+    ONNX's C++ shape inference can abort the whole process on a model ONNX Runtime runs fine (a
+    ``Split`` whose ``num_outputs`` is below its output count indexes past a vector, a failed
+    assertion, SIGABRT), and which models do that cannot be told by looking at them. So it runs
+    in a separate process (:mod:`._inference_worker`, which imports only ``onnx``), shared by all
+    sessions of this process and started on first use; a crash there costs rule (c) for this
+    model, never the caller's process: the outputs rules (a) and (b) cannot resolve are left to
+    ORT (rule d), with one warning.
 
     Args:
         model: The parsed model (weights may be absent). Only a weightless skeleton of it is kept.
     """
 
     def __init__(self, model: onnx.ModelProto) -> None:
-        self._skeleton = _make_skeleton(model)
+        self._model = model
+        self._skeleton: bytes | None = None
+        self._key = next(_KEYS)
+        self._failed = False
         self._lock = threading.Lock()
+        weakref.finalize(self, _WORKER.drop, self._key)
 
     def __call__(self, shapes: Mapping[str, Shape]) -> dict[str, tuple[int | None, ...] | None]:
-        """Output name -> inferred dims (``None`` for an unknown dim or rank)."""
+        """Output name -> inferred dims (``None`` for an unknown dim or rank); ``{}`` if inference failed."""
+        if self._failed:
+            return {}
         with self._lock:
-            skeleton = self._skeleton
-            for value in skeleton.graph.input:
-                shape = shapes.get(value.name)
-                if shape is None or not value.type.HasField("tensor_type"):
-                    continue
-                tensor = value.type.tensor_type
-                tensor.ClearField("shape")
-                dims = tensor.shape.dim
-                for size in shape:
-                    dims.add().dim_value = size
-                if not shape:
-                    tensor.shape.SetInParent()  # a scalar: rank 0, not "unknown rank"
+            if self._skeleton is None:
+                self._skeleton = _make_skeleton(self._model).SerializeToString()
+                self._model = None  # type: ignore[assignment]  # only the skeleton is needed from now on
+        try:
+            return _WORKER.infer(self._key, self._skeleton, {k: tuple(v) for k, v in shapes.items()})
+        except _WorkerLostError as exc:
+            self._failed = True
+            warnings.warn(
+                f"ONNX shape inference failed on this model ({exc}); outputs whose shapes the declared dims do "
+                f"not give are allocated by ONNX Runtime from now on",
+                OrtbindWarning,
+                stacklevel=2,
+            )
+            return {}
+
+
+class _WorkerLostError(Exception):
+    """The inference worker died (or could not start, or hung) while serving a request."""
+
+
+_KEYS = itertools.count()
+
+_WORKER_PATH: Final = Path(__file__).with_name("_inference_worker.py")
+
+_TIMEOUT_S: Final = 120.0
+"""The longest one inference may take before the worker is taken for hung and killed."""
+
+
+class _Worker:
+    """The process that runs ONNX shape inference for every session of this process.
+
+    Requests are length-prefixed pickles over its stdin/stdout: ``("load", key, skeleton)``,
+    ``("infer", key, shapes)``, ``("drop", key)``. A process forked from this one starts its own
+    worker rather than talk over pipes it shares with its parent.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._process: subprocess.Popen[bytes] | None = None
+        self._pid = -1
+        self._loaded: set[int] = set()
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        if not sys.executable:
+            raise _WorkerLostError("no Python interpreter to start the inference worker with (sys.executable is empty)")
+        code = f"import runpy; runpy.run_path({str(_WORKER_PATH)!r}, run_name='__main__')"
+        try:
+            process = subprocess.Popen(
+                [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+            )
+        except OSError as exc:
+            raise _WorkerLostError(f"the inference worker could not start: {exc}") from exc
+        self._process, self._pid, self._loaded = process, os.getpid(), set()
+        return process
+
+    def _request(self, message: tuple[Any, ...]) -> Any:
+        process = self._process
+        if process is None or self._pid != os.getpid() or process.poll() is not None:
+            process = self._start()
+        assert process.stdin is not None and process.stdout is not None
+        payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        try:
+            process.stdin.write(struct.pack("<Q", len(payload)) + payload)
+            process.stdin.flush()
+            head = self._read(process, 8)
+            reply = pickle.loads(self._read(process, struct.unpack("<Q", head)[0]))
+        except (OSError, EOFError, struct.error, pickle.UnpicklingError) as exc:
+            self._stop()
+            raise _WorkerLostError(str(exc) or type(exc).__name__) from exc
+        return reply
+
+    def _read(self, process: subprocess.Popen[bytes], count: int) -> bytes:
+        assert process.stdout is not None
+        chunks, left = [], count
+        while left:
+            ready, _, _ = select.select([process.stdout], [], [], _TIMEOUT_S)
+            if not ready:
+                process.kill()
+                raise EOFError(f"no answer within {_TIMEOUT_S:.0f} s; the worker was stopped")
+            chunk = os.read(process.stdout.fileno(), left)
+            if not chunk:
+                code = process.wait()
+                raise EOFError(f"the inference worker exited with code {code}")
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+
+    def _stop(self) -> None:
+        process, self._process = self._process, None
+        if process is not None and self._pid == os.getpid():
+            with contextlib.suppress(OSError):
+                process.kill()
+            process.wait()
+            for stream in (process.stdin, process.stdout):
+                if stream is not None:
+                    with contextlib.suppress(OSError):
+                        stream.close()
+
+    def infer(self, key: int, skeleton: bytes, shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
+        with self._lock:
+            if key not in self._loaded or self._pid != os.getpid():
+                if self._process is None or self._pid != os.getpid():
+                    self._start()
+                self._request(("load", key, skeleton))
+                self._loaded.add(key)
+            kind, value = self._request(("infer", key, shapes))
+        if kind == "error":
+            _log.debug("shape inference failed for %s: %s", shapes, value)
+            return {}
+        return dict(value)
+
+    def drop(self, key: int) -> None:
+        with self._lock:
+            if key in self._loaded and self._process is not None and self._pid == os.getpid():
+                self._loaded.discard(key)
+                with contextlib.suppress(_WorkerLostError):
+                    self._request(("drop", key))
+
+    def close(self) -> None:
+        """End the worker: it exits when its stdin closes (at the latest, when this process exits)."""
+        with self._lock:
+            process, self._process = self._process, None
+            if process is None or self._pid != os.getpid():
+                return
+            for stream in (process.stdin, process.stdout):
+                if stream is not None:
+                    with contextlib.suppress(OSError):
+                        stream.close()
             try:
-                inferred = onnx.shape_inference.infer_shapes(
-                    skeleton, check_type=False, strict_mode=False, data_prop=True
-                )
-            except Exception as exc:  # onnx raises InferenceError, ValidationError, RuntimeError
-                _log.debug("shape inference failed for %s: %s", dict(shapes), exc)
-                return {}
-        result: dict[str, tuple[int | None, ...] | None] = {}
-        for output in inferred.graph.output:
-            tensor = output.type.tensor_type
-            if not output.type.HasField("tensor_type") or not tensor.HasField("shape"):
-                result[output.name] = None
-                continue
-            result[output.name] = tuple(d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim)
-        return result
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+_WORKER = _Worker()
+atexit.register(_WORKER.close)

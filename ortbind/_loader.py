@@ -7,8 +7,10 @@ that :class:`~ortbind.TorchSession` runs.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from collections.abc import Mapping, Sequence
+import weakref
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,7 @@ import onnxruntime as ort
 import torch
 
 from ._metadata import ModelSource, load_model
-from ._ort import from_ort, translate
+from ._ort import OrtCalls
 from ._providers import (
     CUDA,
     CUDA_GRAPH_OPTIONS,
@@ -69,20 +71,58 @@ def _check_cuda_device(device: torch.device) -> str:
     return ""
 
 
-def _create(source: str | bytes, where: str, options: ort.SessionOptions | None, providers: Any) -> Any:
-    try:
+def _create(
+    source: str | bytes, where: str, options: ort.SessionOptions | None, providers: Any, device: torch.device
+) -> Any:
+    """Build the ORT session; on CUDA with the session's device current, and the caller's restored after.
+
+    ORT's CUDA provider calls ``cudaSetDevice`` while it is created and leaves it set; a session
+    on ``cuda:1`` must not move the caller's current device.
+    """
+    with _cuda_device(device), OrtCalls("create", subject=where):
         return ort.InferenceSession(source, sess_options=options, providers=providers)
-    except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
-        if not from_ort(exc):
-            raise
-        raise translate(exc, "create", subject=where) from exc
+
+
+@contextlib.contextmanager
+def _cuda_device(device: torch.device) -> Iterator[None]:
+    if device.type != "cuda" or not torch.cuda.is_available() or device.index is None:
+        yield
+        return
+    previous = torch.cuda._exchange_device(device.index)
+    try:
+        yield
+    finally:
+        torch.cuda._exchange_device(previous)
+
+
+def _dedicated_stream(device: torch.device) -> torch.cuda.Stream:
+    """A CUDA stream for ORT alone.
+
+    ``torch.cuda.Stream()`` hands out streams from a small per-device pool, round robin, so user
+    code making its own ``torch.cuda.Stream()`` could get ORT's, and its work would then be
+    serialized with ORT's and its ordering assumptions broken. A stream made with
+    ``cudaStreamCreate`` belongs to nobody else; it is destroyed when the session is.
+    """
+    cudart = torch.cuda.cudart()  # type: ignore[no-untyped-call]
+    create = getattr(cudart, "cudaStreamCreate", None)
+    if create is None:  # a torch without the binding: a pooled stream still orders correctly
+        return torch.cuda.Stream(device=device)  # type: ignore[no-untyped-call]
+    handle = torch.zeros(1, dtype=torch.int64)
+    with _cuda_device(device):
+        status = create(handle.data_ptr())
+    if int(status) != 0:
+        return torch.cuda.Stream(device=device)  # type: ignore[no-untyped-call]
+    stream = torch.cuda.ExternalStream(int(handle.item()), device=device)  # type: ignore[no-untyped-call]
+    destroy = cudart.cudaStreamDestroy
+    weakref.finalize(stream, destroy, int(handle.item()))
+    return stream
 
 
 def load(
     model: ModelSource,
     device: str | torch.device | None,
     providers: Sequence[ProviderSpec] | None,
-    provider_options: Mapping[str, Mapping[str, Any]] | None,
+    provider_options: object,
     session_options: ort.SessionOptions | None,
     allow_cpu_fallback: bool,
     *,
@@ -95,6 +135,14 @@ def load(
         ConfigError: The arguments contradict each other or ask for what ortbind cannot honour.
         ProviderError: A requested provider is not active (and ``allow_cpu_fallback`` is off).
     """
+    if session_options is not None and not isinstance(session_options, ort.SessionOptions):
+        raise ConfigError(
+            f"session_options: expected an onnxruntime.SessionOptions, got {type(session_options).__name__}; "
+            f"build one (options = onnxruntime.SessionOptions(); options.intra_op_num_threads = 1; "
+            f"options.add_session_config_entry(key, value)) and pass it",
+            kind="option",
+            name="session_options",
+        )
     loaded = load_model(model)
     where = f"model {str(loaded.path)!r}" if loaded.path else "model from memory"
     plan = plan_providers(device, providers, provider_options)
@@ -115,7 +163,7 @@ def load(
         elif not cuda_problem:
             # A dedicated stream: torch's legacy default stream has handle 0, which ORT takes to
             # mean "no stream" and replaces with one of its own.
-            stream = torch.cuda.Stream(device=plan.device)  # type: ignore[no-untyped-call]
+            stream = _dedicated_stream(plan.device)
             for name, opts in zip(plan.providers, plan.options):
                 if name in GPU_PROVIDERS:
                     opts["user_compute_stream"] = str(stream.cuda_stream)
@@ -124,7 +172,7 @@ def load(
         for name, opts in zip(plan.providers, plan.options):
             if name == CUDA:
                 opts["enable_cuda_graph"] = "1"
-    session = _create(loaded.ort_source, where, session_options, list(zip(plan.providers, plan.options)))
+    session = _create(loaded.ort_source, where, session_options, list(zip(plan.providers, plan.options)), plan.device)
     active = session.get_providers()
     missing = [p for p in plan.requested if p not in active]
     device_now = plan.device
@@ -140,7 +188,7 @@ def load(
             )
         if cuda_problem and uses_gpu(active):
             # ORT's GPU provider loaded, but torch cannot hold CUDA tensors to feed it.
-            session = _create(loaded.ort_source, where, session_options, ["CPUExecutionProvider"])
+            session = _create(loaded.ort_source, where, session_options, ["CPUExecutionProvider"], torch.device("cpu"))
             active = session.get_providers()
         if not uses_gpu(active):
             device_now = torch.device("cpu")

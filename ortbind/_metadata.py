@@ -174,7 +174,9 @@ def read_spec(proto: onnx.ModelProto) -> ModelSpec:
     graph = proto.graph
     initialized = {t.name for t in graph.initializer} | {s.values.name for s in graph.sparse_initializer}
     inputs = tuple(_tensor_spec(v) for v in graph.input if v.name not in initialized)
-    outputs = tuple(_tensor_spec(v) for v in graph.output)
+    # A graph may list one output twice; it is one value, returned once under its name.
+    unique = {v.name: v for v in reversed(graph.output)}
+    outputs = tuple(_tensor_spec(unique[name]) for name in dict.fromkeys(v.name for v in graph.output))
     producer = f"{proto.producer_name} {proto.producer_version}".strip()
     opsets = tuple((o.domain or "ai.onnx", o.version) for o in proto.opset_import)
     return ModelSpec(inputs, outputs, opsets, producer, proto.ir_version)

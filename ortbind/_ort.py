@@ -1,8 +1,11 @@
-"""One table for ONNX Runtime's errors: every call into ORT maps its exception here.
+"""One table for ONNX Runtime's errors, and the one place that applies it: :class:`OrtCalls`.
 
 ORT raises its own exception types (``Fail``, ``InvalidArgument``, ``RuntimeException``, ...) from
-the pybind layer, with the meaning in the text. Session creation, each ``bind_*`` and each run go
-through :func:`translate`, so a caller only ever sees ortbind's exception tree, with ORT's text kept.
+the pybind layer, with the meaning in the text. Every call into ORT (session creation, each
+``bind_*``, each run, ``get_outputs``, ``clear_binding_outputs``, ``to_dlpack``) sits inside a
+``with OrtCalls(...)`` block holding nothing but such calls, so a caller only ever sees ortbind's
+exception tree with ORT's text kept, and an error in ortbind's own work (a torch allocation that
+runs out of memory, a bug) is never reported as something ORT refused.
 
 The spellings ORT uses to refuse a caller-allocated output whose shape is not the one the run
 computes live in :data:`OUTPUT_REFUSALS`; ortbind reruns such a call with ORT allocating the
@@ -12,11 +15,22 @@ outputs whose shapes it had predicted. They are tested against each supported OR
 from __future__ import annotations
 
 import re
+from types import TracebackType
 from typing import Final
 
 from .errors import ConfigError, ModelError, OrtbindError, RunError
 
-__all__ = ["NOT_REFUSALS", "OUTPUT_REFUSALS", "from_ort", "is_output_refusal", "refused_output", "translate"]
+__all__ = [
+    "NOT_REFUSALS",
+    "OUTPUT_REFUSALS",
+    "BindRefusedError",
+    "OrtCalls",
+    "OutputRefusedError",
+    "from_ort",
+    "is_output_refusal",
+    "refused_output",
+    "translate",
+]
 
 OUTPUT_REFUSALS: Final = (
     # OpKernelContext::OutputMLValue: "The output OrtValue provided for output 'y' of node ... has
@@ -110,3 +124,59 @@ def translate(exc: BaseException, phase: str, *, subject: str = "", name: str | 
             name=name,
         )
     return RunError(f"ONNX Runtime failed during the run: {text}", kind="run", name=name)
+
+
+class OutputRefusedError(RunError):
+    """ORT refused a caller-allocated output because of its shape (before writing anything).
+
+    Attributes:
+        refused: The output ORT's text names, or ``None``.
+        text: ORT's own text.
+    """
+
+    def __init__(self, message: str, *, refused: str | None, text: str) -> None:
+        super().__init__(message, kind="run", name=refused)
+        self.refused = refused
+        self.text = text
+
+
+class BindRefusedError(RunError):
+    """ORT refused a ``bind_*`` call; :attr:`text` is its own text, for a message naming the tensor."""
+
+    def __init__(self, message: str, *, text: str) -> None:
+        super().__init__(message, kind="run")
+        self.text = text
+
+
+class OrtCalls:
+    """``with OrtCalls(phase):`` around calls into ORT maps what they raise to ortbind's errors.
+
+    Stateless and reusable: one instance per phase serves every thread. Exceptions that did not
+    come from ORT (see :func:`from_ort`) and ortbind's own errors pass through untouched.
+
+    Args:
+        phase: ``"create"``, ``"bind"`` or ``"run"``; a run's refusal of a caller's buffer becomes
+            :class:`OutputRefusedError`, a bind's failure :class:`BindRefusedError`.
+        subject: Who the calls are about, for ``"create"`` messages.
+    """
+
+    __slots__ = ("phase", "subject")
+
+    def __init__(self, phase: str, subject: str = "") -> None:
+        self.phase = phase
+        self.subject = subject
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if exc is None or isinstance(exc, OrtbindError) or not from_ort(exc):
+            return
+        text = _ort_text(exc)
+        if self.phase == "bind":
+            raise BindRefusedError(f"ONNX Runtime refused to bind it: {text}", text=text) from exc
+        if self.phase == "run" and is_output_refusal(exc):
+            raise OutputRefusedError(
+                f"ONNX Runtime failed during the run: {text}", refused=refused_output(exc), text=text
+            ) from exc
+        raise translate(exc, self.phase, subject=self.subject) from exc

@@ -57,13 +57,17 @@ def parse_device(device: str | torch.device) -> torch.device:
     """
     try:
         dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ConfigError(f"device {device!r}: not a device ({exc}); pass 'cpu', 'cuda' or 'cuda:N'") from exc
+    except (RuntimeError, TypeError, ValueError, OverflowError) as exc:
+        raise ConfigError(
+            f"device {device!r}: not a device ({exc}); pass 'cpu', 'cuda' or 'cuda:N'", kind="device", name=str(device)
+        ) from exc
     if dev.type == "cpu":
         return torch.device("cpu")
     if dev.type == "cuda":
         return torch.device("cuda", 0 if dev.index is None else dev.index)
-    raise ConfigError(f"device {str(dev)!r}: ortbind runs on 'cpu' or 'cuda[:N]'; pass one of those")
+    raise ConfigError(
+        f"device {str(dev)!r}: ortbind runs on 'cpu' or 'cuda[:N]'; pass one of those", kind="device", name=str(dev)
+    )
 
 
 @dataclass
@@ -88,39 +92,97 @@ class ProviderPlan:
         return [p for p in self.providers if p != CPU]
 
 
+def _options(where: str, given: object) -> dict[str, str]:
+    """One provider's options as strings; ``None`` means none (as ORT takes it)."""
+    if given is None:
+        return {}
+    if not isinstance(given, Mapping):
+        raise ConfigError(
+            f"{where}: expected a mapping of option name -> value, got {type(given).__name__}",
+            kind="option",
+            name=where,
+        )
+    return {str(k): str(v) for k, v in given.items()}
+
+
+def _provider_entries(providers: object) -> list[tuple[str, dict[str, str]]]:
+    if isinstance(providers, str):
+        raise ConfigError(
+            f"providers: expected a list of provider names, got the string {providers!r}; pass [{providers!r}]",
+            kind="option",
+            name="providers",
+        )
+    if not isinstance(providers, Sequence):
+        raise ConfigError(
+            f"providers: expected a list of provider names, got {providers!r}; pass e.g. ['CUDAExecutionProvider']",
+            kind="option",
+            name="providers",
+        )
+    entries: list[tuple[str, dict[str, str]]] = []
+    for entry in providers:
+        if isinstance(entry, str):
+            entries.append((entry, {}))
+        elif isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[0], str):
+            entries.append((entry[0], _options(f"providers[{entry[0]!r}]", entry[1])))
+        else:
+            raise ConfigError(
+                f"providers: expected names or (name, options) pairs, got {entry!r}", kind="option", name="providers"
+            )
+    return entries
+
+
+def _named_options(provider_options: object, names: list[str] | None) -> dict[str, dict[str, str]]:
+    """``provider_options`` by provider name; ORT's own spelling (a list parallel to ``providers``) too."""
+    if provider_options is None:
+        return {}
+    if isinstance(provider_options, Mapping):
+        result = {}
+        for name, opts in provider_options.items():
+            if names is not None and name not in names:
+                raise ConfigError(
+                    f"provider_options[{name!r}]: {name} is not among providers {names}; add it there",
+                    kind="option",
+                    name=str(name),
+                )
+            result[str(name)] = _options(f"provider_options[{name!r}]", opts)
+        return result
+    if isinstance(provider_options, Sequence) and not isinstance(provider_options, str):
+        if names is None or len(names) != len(provider_options):
+            raise ConfigError(
+                f"provider_options: a list ({len(provider_options)} entries) is read as ONNX Runtime does, one options "
+                f"dict per entry of providers, but providers are {names}; pass a dict of provider name -> options",
+                kind="option",
+                name="provider_options",
+            )
+        return {n: _options(f"provider_options[{i}]", o) for i, (n, o) in enumerate(zip(names, provider_options))}
+    raise ConfigError(
+        f"provider_options: expected a dict of provider name -> options, got {type(provider_options).__name__}",
+        kind="option",
+        name="provider_options",
+    )
+
+
 def plan_providers(
     device: str | torch.device | None,
     providers: Sequence[ProviderSpec] | None,
-    provider_options: Mapping[str, Mapping[str, Any]] | None,
+    provider_options: object,
 ) -> ProviderPlan:
     """Decide providers and device from the caller's arguments.
 
     ``device`` alone picks CUDA (then CPU for the nodes CUDA lacks) or CPU. Explicit
     ``providers`` are taken as given; without ``device`` they decide it (a CUDA or TensorRT
-    provider means ``cuda:<device_id>``). ``provider_options`` maps provider name to options and
-    overrides options given inline.
+    provider means ``cuda:<device_id>``). ``provider_options`` maps provider name to options (or,
+    as ONNX Runtime takes it, is a list parallel to ``providers``) and overrides options given
+    inline. ``None`` options mean none.
     """
     names: list[str] = []
     options: dict[str, dict[str, str]] = {}
     if providers is not None:
-        if isinstance(providers, str):
-            raise ConfigError(
-                f"providers: expected a list of provider names, got the string {providers!r}; pass [{providers!r}]"
-            )
-        for entry in providers:
-            opts: Mapping[str, Any]
-            if isinstance(entry, str):
-                name, opts = entry, {}
-            elif isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[0], str):
-                name, opts = entry[0], entry[1]
-            else:
-                raise ConfigError(f"providers: expected names or (name, options) pairs, got {entry!r}")
+        for name, opts in _provider_entries(providers):
             names.append(name)
-            options[name] = {k: str(v) for k, v in opts.items()}
-    for name, opts in (provider_options or {}).items():
-        if providers is not None and name not in names:
-            raise ConfigError(f"provider_options[{name!r}]: {name} is not among providers {names}; add it there")
-        options.setdefault(name, {}).update({k: str(v) for k, v in opts.items()})
+            options[name] = opts
+    for name, opts in _named_options(provider_options, names if providers is not None else None).items():
+        options.setdefault(name, {}).update(opts)
 
     if device is not None:
         dev = parse_device(device)
@@ -144,7 +206,9 @@ def plan_providers(
             if given is not None and device_id(name, given) != dev.index:
                 raise ConfigError(
                     f"provider_options[{name!r}]['device_id'] is {given}, but device is {dev}; "
-                    f"make them agree or leave device_id out"
+                    f"make them agree or leave device_id out",
+                    kind="option",
+                    name="device_id",
                 )
             opts["device_id"] = str(dev.index)
         for flag in CUDA_GRAPH_OPTIONS:
@@ -152,12 +216,22 @@ def plan_providers(
                 raise ConfigError(
                     f"provider_options[{name!r}][{flag!r}]: CUDA graphs replay the addresses they captured, "
                     f"while each ortbind call binds fresh buffers, so ORT would read and write freed memory; "
-                    f"leave {flag} out",
+                    f"pass cuda_graph=True to TorchSession instead, which gives each bound call its own graph",
                     kind="option",
                     name=flag,
                 )
         if "user_compute_stream" in opts:
             user_stream = _integer_option(name, "user_compute_stream", opts["user_compute_stream"])
+            if user_stream == 0:
+                # ORT reads a 0 handle as "no stream given" and makes its own, which ortbind could
+                # not order against torch's: the caller asked for ordering that would not happen.
+                raise ConfigError(
+                    f"provider_options[{name!r}]['user_compute_stream']: 0 is CUDA's legacy default stream, which "
+                    f"ONNX Runtime reads as no stream at all; pass a stream's handle "
+                    f"(str(torch.cuda.Stream().cuda_stream)) or leave it out so ortbind makes one",
+                    kind="option",
+                    name="user_compute_stream",
+                )
     return ProviderPlan(dev, names, [options.get(n, {}) for n in names], user_stream)
 
 
@@ -165,22 +239,30 @@ CUDA_GRAPH_OPTIONS: Final = ("enable_cuda_graph", "trt_cuda_graph_enable")
 """Provider options that turn on CUDA-graph capture and replay."""
 
 
+_INT64: Final = 1 << 63
+
+
 def _integer_option(provider: str, key: str, value: str) -> int:
+    """An integer option (ORT parses it as a 64-bit integer); anything else is a ConfigError."""
     try:
-        return int(value)
+        number = int(value)
     except ValueError:
-        raise ConfigError(
-            f"provider_options[{provider!r}][{key!r}]: expected an integer, got {value!r}",
-            kind="option",
-            name=key,
-        ) from None
+        number = _INT64
+    if -_INT64 <= number < _INT64:
+        return number
+    raise ConfigError(
+        f"provider_options[{provider!r}][{key!r}]: expected a 64-bit integer, got {value!r}",
+        kind="option",
+        name=key,
+    )
 
 
 def device_id(provider: str, value: str) -> int:
     index = _integer_option(provider, "device_id", value)
-    if index < 0:
+    if not 0 <= index < 1 << 31:  # ORT keeps it as a 32-bit OrtDevice::DeviceId
         raise ConfigError(
-            f"provider_options[{provider!r}]['device_id']: expected a non-negative integer, got {value!r}",
+            f"provider_options[{provider!r}]['device_id']: expected a device index (a non-negative integer), "
+            f"got {value!r}",
             kind="option",
             name="device_id",
         )

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import gc
 import re
+import threading
+from typing import Any
 
 import onnxruntime as ort
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 
 import ortbind
 from ortbind import Rule
@@ -136,15 +139,43 @@ def test_bound_tensors_are_kept_alive() -> None:
 
 
 def test_a_bound_call_is_not_for_concurrent_use() -> None:
-    bound = ortbind.TorchSession(TWO).bind(feeds())
-    assert bound._lock.acquire()  # as if another thread were inside run()
-    with raises(
-        ortbind.RunError,
-        "bound call: already running in another thread; a BoundCall is not for concurrent use, bind one per thread",
-    ):
-        bound.run()
-    bound._lock.release()
-    bound.run()
+    """run() and rebind() while another thread is inside run() get a RunError (rebind once corrupted memory)."""
+    sess = ortbind.TorchSession(TWO, allow_copy=True)
+    x = torch.randn(4, 3).t()  # not contiguous: copied at bind, and copied again inside each run
+    with pytest.warns(ortbind.CopyWarning):
+        bound = sess.bind({"x": x, "s": torch.tensor(2.0)})
+    inside, release = threading.Event(), threading.Event()
+
+    class HoldInsideRun(TorchFunctionMode):
+        def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            if func is torch.Tensor.copy_:  # the refresh of the copied input, under the run's lock
+                inside.set()
+                assert release.wait(60)
+            return func(*args, **(kwargs or {}))
+
+    results: list[dict[str, torch.Tensor]] = []
+
+    def runner() -> None:
+        with HoldInsideRun():
+            results.append(bound.run())
+
+    thread = threading.Thread(target=runner)
+    thread.start()
+    try:
+        assert inside.wait(60)
+        for what, call in (("run", bound.run), ("rebind", lambda: bound.rebind(x=torch.randn(3, 4)))):
+            with raises(
+                ortbind.RunError,
+                f"bound call: {what}() while another thread uses it; a BoundCall is not for concurrent use, "
+                f"bind one per thread",
+            ) as info:
+                call()
+            assert (info.value.kind, info.value.name) == ("run", None)
+    finally:
+        release.set()
+        thread.join()
+    assert torch.equal(results[0]["y"], x * 2)
+    assert torch.equal(bound.run()["y"], x * 2)
 
 
 def test_a_wrong_prediction_in_a_bound_call_is_learned_on_its_first_run() -> None:
@@ -160,16 +191,15 @@ def test_a_wrong_prediction_in_a_bound_call_is_learned_on_its_first_run() -> Non
 
 
 def test_first_run_verification_in_a_bound_call() -> None:
-    sess = ortbind.TorchSession(LYING)
-    sess._verify_first_run = True  # what CUDA sessions do
+    sess = ortbind.TorchSession(LYING, verify_shapes=True)  # what CUDA sessions do
     x = torch.randn(2, 3)
-    bound = sess.bind({"x": x})
-    assert bound._verify
+    bound = sess.bind({"x": x})  # runs once to check the predicted shapes
+    assert sess.plans.get((x.shape,)).verified
+    assert bound.outputs["z"] is None and bound.outputs["y"] is not None
     expected = reference(LYING, {"x": x})
     first = bound.run()
     assert_equal_reference(first, expected)
-    assert not bound._verify
-    assert bound.outputs["z"] is None and bound.outputs["y"] is first["y"]
+    assert bound.outputs["y"] is first["y"]
     second = bound.run()
     assert second["y"] is first["y"]
     assert_equal_reference(second, expected)

@@ -199,7 +199,7 @@ def test_huge_int_literal_does_not_raise() -> None:
 def test_nested_power_is_bounded() -> None:
     # Unbounded, the result would have 64**6 = 2**36 bits and take minutes; it must give up fast.
     text = "((((((2)**64)**64)**64)**64)**64)**64"
-    code = f"from ortbind._shapes import parse_dim; print(parse_dim({text!r}).evaluate({{}}))"
+    code = f"from ortbind._dimexpr import parse_dim; print(parse_dim({text!r}).evaluate({{}}))"
     # Importing ortbind (and so torch) alone takes seconds on a loaded machine; the guard is
     # against minutes.
     done = run_python("-c", code, timeout=60, check=True)

@@ -14,7 +14,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ortbind._shapes import _MAX_BITS, parse_dim
+from ortbind._dimexpr import _MAX_BITS, parse_dim
 
 # Deterministic and database-less, so CI runs the same examples every time.
 PROPERTY = settings(

@@ -1,0 +1,197 @@
+"""The engine of a session: checks, plans and the executor composed into calls.
+
+:class:`Engine` is what every call goes through. A plain call (``sess(...)``, ``sess.run(...)``)
+is :meth:`Engine.call`; a bound call (:class:`~ortbind.BoundCall`) uses the same pieces
+(:meth:`Engine.outputs_for`, the input checker, the executor) to bind once and run many times.
+
+    feeds ──► InputChecker.check ──► signature ──► PlanCache.get ──► Plan (slots)
+                 (bind inputs)                                         │
+    output_names, output_shapes, out=, share= ──► Engine.outputs_for ◄─┘
+                                                       │ slots, buffers, shared
+                                                       ▼
+                          Executor.prepare (bind outputs) ──► Executor.execute
+                          (held tensors checked, copies refreshed, run under the stream order,
+                           a refused prediction rerun once and learned, outputs ORT allocated
+                           collected, written buffers' versions bumped)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import onnxruntime as ort
+import torch
+import torch.utils._python_dispatch
+
+from ._execute import Executor
+from ._inputs import InputChecker
+from ._outputs import OutputChecker, as_shape
+from ._plan import Plan, PlanCache, Signature, Slot
+from ._runoptions import RunPolicy
+from ._shapes import OutputPlan
+from .errors import InputError, ShapeError
+
+__all__ = ["Engine"]
+
+
+@contextlib.contextmanager
+def _without_modes() -> Iterator[None]:
+    """Torch function and dispatch modes off: ortbind's own allocations must be real, on its device.
+
+    Under ``torch.set_default_device(...)`` (a torch function mode) ``torch.empty`` would allocate
+    elsewhere than the session's device; under a fake or meta dispatch mode it would allocate no
+    memory at all, and ORT would write through whatever pointer came back.
+    """
+    with torch._C.DisableTorchFunction(), torch.utils._python_dispatch._disable_current_modes():
+        yield
+
+
+class Engine:
+    """Runs calls of one session.
+
+    Args:
+        inputs: Checks and binds feeds.
+        outputs: Chooses and checks outputs, ``out=`` and ``share=``.
+        plans: Per-signature plans.
+        policy: Run options.
+        executor: Binds outputs, runs, collects.
+        cuda_graph: The session captures CUDA graphs (one per bound call).
+        host_inputs: Indices of inputs a CUDA session keeps in host memory.
+    """
+
+    def __init__(
+        self,
+        inputs: InputChecker,
+        outputs: OutputChecker,
+        plans: PlanCache,
+        policy: RunPolicy,
+        executor: Executor,
+        *,
+        cuda_graph: bool,
+        host_inputs: frozenset[int],
+    ) -> None:
+        self.inputs = inputs
+        self.outputs = outputs
+        self.plans = plans
+        self.policy = policy
+        self.executor = executor
+        self.cuda_graph = cuda_graph
+        self.host_inputs = host_inputs
+        self._graph_ids = itertools.count()
+
+    def next_graph_id(self) -> int:
+        """A new ``gpu_graph_id`` for a bound call of a CUDA-graph session."""
+        return next(self._graph_ids)
+
+    def call(
+        self,
+        feeds: Mapping[str, torch.Tensor],
+        output_names: Sequence[str] | None,
+        out: Mapping[str, torch.Tensor] | None,
+        output_shapes: Mapping[str, Sequence[int]] | None,
+        share: Mapping[str, str] | None,
+        run_options: ort.RunOptions | None,
+        synchronize: bool | None,
+    ) -> dict[str, torch.Tensor]:
+        """One plain call: fresh outputs (or the caller's buffers), inputs only read."""
+        if torch._C._is_torch_function_mode_enabled() or torch._C._len_torch_dispatch_stack():
+            with _without_modes():
+                return self._call(feeds, output_names, out, output_shapes, share, run_options, synchronize)
+        return self._call(feeds, output_names, out, output_shapes, share, run_options, synchronize)
+
+    def _call(
+        self,
+        feeds: Mapping[str, torch.Tensor],
+        output_names: Sequence[str] | None,
+        out: Mapping[str, torch.Tensor] | None,
+        output_shapes: Mapping[str, Sequence[int]] | None,
+        share: Mapping[str, str] | None,
+        run_options: ort.RunOptions | None,
+        synchronize: bool | None,
+    ) -> dict[str, torch.Tensor]:
+        if run_options is None and synchronize is None:
+            options, asynchronous = self.policy.default, not self.policy.synchronize
+        else:
+            options, asynchronous = self.policy.choose(run_options, synchronize)
+        executor = self.executor
+        indices = self.outputs.all if output_names is None else self.outputs.select(output_names)
+        binding = executor.thread_binding(indices)
+        tensors, signature = self.inputs.check(feeds, binding)
+        plan = self.plans.get(signature)
+        if output_names is None and out is None and output_shapes is None and share is None:
+            prepared = executor.prepare(binding, tensors, plan.slots, None)
+        else:
+            slots, buffers, shared = self.outputs_for(plan, indices, tensors, out, output_shapes, share)
+            prepared = executor.prepare(binding, tensors, slots, buffers, shared)
+        results, _ = executor.execute(prepared, signature, plan, options, asynchronous, transient=True)
+        return results
+
+    def outputs_for(
+        self,
+        plan: Plan,
+        indices: Sequence[int],
+        tensors: Sequence[torch.Tensor],
+        out: object,
+        output_shapes: object,
+        share: object,
+    ) -> tuple[list[Slot], dict[str, torch.Tensor] | None, dict[str, int] | None]:
+        """The slots, checked ``out=`` buffers and shared outputs of a call with this plan."""
+        slots = [plan.slots[i] for i in indices]
+        if output_shapes is not None:
+            slots = self.outputs.overrides(slots, output_shapes)
+        shared = None
+        if share is not None:
+            shared = self.outputs.shared(share, slots, tensors, self.inputs.index) or None
+            if shared:
+                slots = [s.fixed(tuple(tensors[shared[s.name]].shape)) if s.name in shared else s for s in slots]
+        buffers = None
+        if out is not None:
+            names = [s.name for s in self.inputs.specs]
+            buffers = self.outputs.buffers(out, slots, tensors, names, shared) or None
+        return slots, buffers, shared
+
+    def verify(self, feeds: Mapping[str, torch.Tensor], indices: Sequence[int], signature: Signature) -> Plan:
+        """Run once with ORT allocating the predicted outputs, so the plan learns their true shapes."""
+        self.call(feeds, [self.outputs.spec.outputs[i].name for i in indices], None, None, None, None, True)
+        return self.plans.get(signature)
+
+    def resolve(self, input_shapes: object) -> dict[str, OutputPlan]:
+        """How each output would be allocated for inputs of these shapes, without running."""
+        if not isinstance(input_shapes, Mapping):
+            raise InputError(
+                f"input_shapes: expected a mapping of input name -> shape, got {type(input_shapes).__name__}",
+                kind="input",
+            )
+        shapes: list[torch.Size] = []
+        for spec in self.inputs.specs:
+            if spec.name not in input_shapes:
+                raise InputError(
+                    f"input_shapes: missing input {spec.name!r}; give a shape for every input",
+                    kind="input",
+                    name=spec.name,
+                )
+            shape = as_shape(input_shapes[spec.name])
+            if shape is None:
+                raise ShapeError(
+                    f"input_shapes[{spec.name!r}]: expected a sequence of ints in [0, 2**63), "
+                    f"got {input_shapes[spec.name]!r}",
+                    kind="input",
+                    name=spec.name,
+                )
+            shapes.append(torch.Size(shape))
+        for name in input_shapes:
+            self.inputs.require(name)
+        plan = self.plans.get(tuple(shapes))
+        return {p.name: p for p in plan.outputs()}
+
+    def check_feeds_mapping(self, feeds: object, what: str) -> Mapping[str, Any]:
+        """``feeds`` if it is a mapping, else an :class:`~ortbind.InputError` for ``what``."""
+        if not isinstance(feeds, Mapping):
+            raise InputError(
+                f"{what}: expected a mapping of input name -> torch.Tensor, got {type(feeds).__name__}",
+                kind="input",
+            )
+        return feeds

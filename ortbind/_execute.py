@@ -1,0 +1,477 @@
+"""The one engine: bind outputs, run, retry a refused prediction, collect, bump versions, order streams.
+
+Every run of a session goes through :class:`Executor`: a plain call prepares a binding for one
+run and executes it; a bound call prepares once and executes many times. Preparing binds each
+output: a fresh ``torch.empty`` for a shape known ahead, the caller's buffer, the input of a shared
+output, or nothing (ORT allocates; the result comes back through DLPack). Executing checks that
+every held tensor is still where it was bound, refreshes copied inputs, runs under the session's
+stream ordering (and, in a CUDA-graph session, its one-run-at-a-time lock), and, when ORT refuses a
+predicted output's buffer, reruns once with ORT allocating it and teaches the plan cache.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from itertools import chain
+from typing import Any
+
+import onnxruntime as ort
+import torch
+
+from . import _binding
+from ._binding import Binding, CudaStreamOrder, Held
+from ._inputs import InputChecker
+from ._metadata import ModelSpec
+from ._ort import BindRefusedError, OrtCalls, OutputRefusedError
+from ._plan import Plan, PlanCache, Signature, Slot
+from ._shapes import format_shape
+from .errors import InputError, ModelError, OutputError, RunError, ShapeError
+
+__all__ = ["Executor", "Prepared"]
+
+_log = logging.getLogger("ortbind")
+
+_BIND = OrtCalls("bind")
+_RUN = OrtCalls("run")
+
+
+class Prepared:
+    """A binding ready to run: its inputs, its outputs and what each run must do besides running.
+
+    Attributes:
+        binding: The binding (inputs and outputs bound).
+        tensors: The input tensors as bound (the caller's, plain aliases or copies), kept alive.
+        slots: The outputs, in the order asked for.
+        buffers: Caller-owned ``out=`` buffers by name (written in place).
+        shared: Output name -> index of the input whose buffer it writes (``share=``).
+        results: Output name -> bound tensor, ``None`` for one ORT allocates on each run.
+        pending: ``(position among bound outputs, slot, caller's buffer or None)`` per output ORT allocates.
+        passthrough: ``(slot, target or None)`` per output that is an input (copied after the run).
+        written: Tensors ORT writes into (versions bumped after each run).
+        bound: How many outputs are bound to ORT (none: only pass-through outputs, no run).
+        runs: Runs so far (ORT-allocated outputs are re-bound before every run but the first).
+    """
+
+    __slots__ = (
+        "binding",
+        "bound",
+        "buffers",
+        "passthrough",
+        "pending",
+        "results",
+        "runs",
+        "shared",
+        "slots",
+        "tensors",
+        "written",
+    )
+
+    def __init__(
+        self,
+        binding: Binding,
+        tensors: list[torch.Tensor],
+        slots: Sequence[Slot],
+        buffers: Mapping[str, torch.Tensor] | None,
+        shared: Mapping[str, int] | None,
+    ) -> None:
+        self.binding = binding
+        self.tensors = tensors
+        self.slots = slots
+        self.buffers = buffers
+        self.shared = shared
+        self.results: dict[str, torch.Tensor | None] = {}
+        self.pending: list[tuple[int, Slot, torch.Tensor | None]] = []
+        self.passthrough: list[tuple[Slot, torch.Tensor | None]] = []
+        self.written: tuple[torch.Tensor, ...] = ()
+        self.bound = 0
+        self.runs = 0
+
+
+class Executor:
+    """Runs one session's calls; shared by its plain calls and bound calls.
+
+    Args:
+        session: ORT's C session object (``InferenceSession._sess``).
+        spec: The model's interface.
+        device: Where outputs are allocated.
+        inputs: The session's input checker (for re-binding inputs after a failed run).
+        plans: The session's plan cache (to learn from runs).
+        order: CUDA stream ordering, or ``None`` on CPU.
+        serial: Run one call at a time (CUDA-graph sessions: ORT captures on one shared stream and
+            supports graphs from one thread; and ORT-allocated outputs are copied out before the next
+            run, since a graph replay may write into arena memory they were handed).
+    """
+
+    def __init__(
+        self,
+        session: Any,
+        spec: ModelSpec,
+        device: torch.device,
+        inputs: InputChecker,
+        plans: PlanCache,
+        order: CudaStreamOrder | None,
+        serial: bool,
+    ) -> None:
+        self.session = session
+        self.spec = spec
+        self.device = device
+        self.inputs = inputs
+        self.plans = plans
+        self.order = order
+        self.lock = threading.Lock() if serial else None
+        self.ort_device = _binding.make_ort_device(device)
+        self.dlpack_ok = tuple(_binding.dlpack_supported(s) for s in spec.outputs)
+        self.empty_kwargs: dict[str, Any] = {"device": device}
+        self._local = threading.local()
+
+    # ------------------------------------------------------------------ bindings
+
+    def thread_binding(self, outputs: tuple[int, ...]) -> Binding:
+        """This thread's binding, ready to bind ``outputs``.
+
+        A binding is reused by the thread that made it (creating one costs about as much as the
+        rest of a tiny call). Reuse is safe because every call re-binds every output it asks for,
+        and inputs whose address or shape changed; when the set of outputs differs from the
+        previous call's, the old output bindings are cleared first, so ORT never writes into a
+        buffer handed out earlier.
+        """
+        binding: Binding | None = getattr(self._local, "binding", None)
+        if binding is None:
+            binding = self._local.binding = Binding(self.session, len(self.inputs.specs))
+            binding.outputs = outputs
+        elif binding.outputs != outputs:
+            if binding.outputs is not None:
+                with _BIND:
+                    binding.io.clear_binding_outputs()
+            binding.outputs = outputs
+        return binding
+
+    def new_binding(self, tensors: Sequence[torch.Tensor]) -> Binding:
+        """A fresh binding with ``tensors`` (checked inputs) bound."""
+        binding = Binding(self.session, len(self.inputs.specs))
+        for index, tensor in enumerate(tensors):
+            self.inputs.bind(binding, index, tensor)
+        return binding
+
+    def drop_thread_binding(self) -> None:
+        """Forget this thread's binding (after a failure left it half-bound)."""
+        self._local.binding = None
+
+    # ------------------------------------------------------------------ preparing
+
+    def prepare(
+        self,
+        binding: Binding,
+        tensors: list[torch.Tensor],
+        slots: Sequence[Slot],
+        buffers: Mapping[str, torch.Tensor] | None,
+        shared: Mapping[str, int] | None = None,
+        *,
+        keep: Mapping[str, torch.Tensor] | None = None,
+    ) -> Prepared:
+        """Bind every output of a call (inputs are bound already).
+
+        Args:
+            binding: The binding.
+            tensors: The checked inputs.
+            slots: The outputs, in the order asked for.
+            buffers: ``out=`` buffers by name, checked.
+            shared: Output name -> input index, for outputs bound to an input's buffer.
+            keep: Tensors a bound call allocated earlier, reused where an output's shape is unchanged.
+        """
+        prepared = Prepared(binding, tensors, slots, buffers, shared)
+        results = prepared.results
+        io = binding.io
+        device = self.ort_device
+        written: list[torch.Tensor] = []
+        position = 0
+        slot: Slot | None = None
+        try:
+            for slot in slots:
+                name = slot.name
+                if slot.problem is not None:
+                    raise ModelError(self.unsupported_message(name), kind="output", name=name)
+                buffer = buffers.get(name) if buffers else None
+                if shared and name in shared:
+                    buffer = tensors[shared[name]]
+                if slot.passthrough is not None:
+                    prepared.passthrough.append((slot, buffer))
+                    results[name] = buffer
+                    continue
+                shape = slot.shape
+                if buffer is None and shape is not None:
+                    kept = keep.get(name) if keep else None
+                    if kept is not None and kept.shape == shape:
+                        buffer = kept
+                    else:
+                        buffer = torch.empty(*slot.sizes, dtype=slot.dtype, **self.empty_kwargs)
+                if buffer is not None and buffer.numel() and (shape is not None or not slot.predicted):
+                    if keep is None:
+                        with _BIND:
+                            io.bind_output(name, device, slot.elem_type, buffer.shape, buffer.data_ptr())
+                    else:  # a bound call's binding: skip an output it holds already
+                        where = (buffer.data_ptr(), buffer.shape)
+                        if binding.bound_outputs.get(name) != where:
+                            binding.bound_outputs.pop(name, None)
+                            with _BIND:
+                                io.bind_output(name, device, slot.elem_type, where[1], where[0])
+                            binding.bound_outputs[name] = where
+                    results[name] = buffer
+                    written.append(buffer)
+                    position += 1
+                    continue
+                # ORT allocates: the shape is unknown ahead, the tensor is empty (torch gives
+                # empty tensors a null pointer, which ORT refuses to bind), or a prediction is
+                # being checked (a caller's buffer then receives a copy of what ORT produced).
+                if buffer is None and slot.expected is None and not self.dlpack_ok[slot.index]:
+                    raise self.no_dlpack_error(slot)
+                binding.bound_outputs.pop(name, None)
+                with _BIND:
+                    io.bind_output(name, device)
+                results[name] = buffer
+                if buffer is not None:
+                    written.append(buffer)
+                prepared.pending.append((position, slot, buffer))
+                position += 1
+        except BindRefusedError as exc:
+            assert slot is not None
+            raise RunError(
+                f"output {slot.name!r}: ONNX Runtime refused to bind it: {exc.text}", kind="output", name=slot.name
+            ) from exc.__cause__
+        prepared.written = tuple(written)
+        prepared.bound = position
+        return prepared
+
+    def unsupported_message(self, name: str) -> str:
+        spec = self.spec.output(name)
+        return f"output {name!r}: {spec.unsupported}; request the other outputs with run(feeds, output_names=[...])"
+
+    def no_dlpack_error(self, slot: Slot) -> ShapeError:
+        spec = self.spec.outputs[slot.index]
+        return ShapeError(
+            f"output {slot.name!r}: its shape cannot be resolved before the run ({slot.reason or 'no rule applies'}), "
+            f"and ONNX Runtime cannot hand "
+            f"{spec.elem_type_name} tensors over through DLPack; pass output_shapes={{{slot.name!r}: (...)}} "
+            f"or out={{{slot.name!r}: buffer}}",
+            kind="output",
+            name=slot.name,
+        )
+
+    # ------------------------------------------------------------------ executing
+
+    def execute(
+        self,
+        prepared: Prepared,
+        signature: Signature,
+        plan: Plan,
+        options: ort.RunOptions,
+        asynchronous: bool,
+        *,
+        transient: bool,
+        held: Sequence[Held] = (),
+        refresh: Sequence[tuple[int, torch.Tensor, torch.Tensor]] = (),
+        retry: bool = True,
+    ) -> tuple[dict[str, torch.Tensor], Plan]:
+        """Run a prepared call; the outputs by name and the plan as the run left it.
+
+        Args:
+            prepared: The binding; a retry may re-bind it in place.
+            signature: The input signature.
+            plan: Its plan.
+            options: RunOptions for this run.
+            asynchronous: Whether the run returns before ORT's stream is done.
+            transient: A plain call's binding: release ORT's outputs from it after collecting.
+            held: Tensors a bound call holds, checked before the run (see :func:`~._binding.moved`).
+            refresh: ``(input index, caller's tensor, bound copy)`` for copied inputs, refreshed
+                before the run.
+            retry: Rerun once with ORT allocating a predicted output it refused (off for CUDA-graph
+                bound calls, whose outputs must stay at fixed addresses).
+
+        Raises:
+            InputError, OutputError: A held tensor moved or lost its memory since it was bound.
+            RunError: ONNX Runtime failed.
+            ShapeError: A checked prediction proved wrong for a caller's ``out=`` buffer.
+        """
+        for record in held:
+            why = _binding.moved(record)
+            if why is not None:
+                kind, name = record[5], record[6]
+                raise (InputError if kind == "input" else OutputError)(
+                    f"{kind} {name!r}: {why}, so ORT would use a stale address; write new values with copy_(), "
+                    f"or rebind()",
+                    kind=kind,
+                    name=name,
+                )
+        for index, caller, copy in refresh:
+            if caller.shape != copy.shape:
+                name = self.inputs.specs[index].name
+                raise InputError(
+                    f"input {name!r}: its shape changed from {format_shape(copy.shape)} to "
+                    f"{format_shape(caller.shape)} since it was bound; rebind() it",
+                    kind="input",
+                    name=name,
+                )
+            copy.copy_(caller)
+        first: OutputRefusedError | None = None
+        while True:
+            if prepared.runs and prepared.pending:
+                io, device = prepared.binding.io, self.ort_device
+                with _BIND:
+                    for _, slot, _ in prepared.pending:
+                        io.bind_output(slot.name, device)  # ORT would write into its last allocation
+            try:
+                produced = self._run(prepared, options, asynchronous, transient)
+            except OutputRefusedError as refusal:
+                if transient:
+                    self.drop_thread_binding()
+                loosen = [s for s in prepared.slots if s.shape is not None and s.predicted]
+                if first is not None or not loosen or not retry:
+                    raise self._failed(refusal, first, prepared) from refusal.__cause__
+                first = refusal
+                _log.debug("ORT refused a predicted output buffer (%s); rerunning with ORT allocating it", refusal.text)
+                slots = [s.loosened() if s in loosen else s for s in prepared.slots]
+                self._reprepare(prepared, slots)
+                continue
+            except RunError:
+                if transient:
+                    self.drop_thread_binding()  # a failed run may leave the binding half-bound
+                raise
+            prepared.runs += 1
+            observed: dict[int, tuple[int, ...]] = {}
+            shape_only: list[int] = []
+            results: dict[str, Any] = dict(prepared.results)
+            for (_, slot, buffer), (shape, value) in zip(prepared.pending, produced):
+                if slot.predicted and slot.expected is not None:
+                    observed[slot.index] = shape
+                if value is None:  # float8: ORT can hand over its shape only
+                    shape_only.append(slot.index)
+                    continue
+                results[slot.name] = self._deliver(slot, buffer, shape, value)
+            if first is not None:
+                plan = self.plans.learn(signature, plan, observed, refused=first.refused, refusal=True)
+            elif not plan.verified and observed:
+                plan = self.plans.learn(signature, plan, observed)
+            if shape_only:
+                # Only the shapes came back; the plan now knows them: bind buffers and run again.
+                verified = {s.index: s for s in plan.slots}
+                self._reprepare(prepared, [verified[s.index] if s.index in shape_only else s for s in prepared.slots])
+                continue
+            break
+        for slot, target in prepared.passthrough:
+            source = prepared.tensors[slot.passthrough]  # type: ignore[index]
+            results[slot.name] = source.clone() if target is None else target.copy_(source)
+        if prepared.written and (prepared.buffers or prepared.shared or not transient):
+            torch.autograd.graph.increment_version(prepared.written)
+        return results, plan
+
+    def _reprepare(self, prepared: Prepared, slots: list[Slot]) -> None:
+        """Re-bind ``prepared`` in place on a fresh binding with other slots (after a refusal)."""
+        binding = self.new_binding(prepared.tensors)
+        fresh = self.prepare(binding, prepared.tensors, slots, prepared.buffers, prepared.shared)
+        for field in ("binding", "slots", "results", "pending", "passthrough", "written", "bound"):
+            setattr(prepared, field, getattr(fresh, field))
+        prepared.runs = 0
+
+    def _run(
+        self, prepared: Prepared, options: ort.RunOptions, asynchronous: bool, transient: bool
+    ) -> list[tuple[tuple[int, ...], torch.Tensor | None]]:
+        """One run, ordered against torch's stream; then the outputs ORT allocated."""
+        if not prepared.bound:
+            return []  # only pass-through outputs: nothing for ORT to compute (and it refuses to run)
+        lock = self.lock
+        if lock is not None:
+            lock.acquire()
+        try:
+            order = self.order
+            state = None
+            if order is not None:
+                state = order.before(chain(prepared.tensors, prepared.written), asynchronous)
+            try:
+                with _RUN:
+                    self.session.run_with_iobinding(prepared.binding.io, options)
+            finally:
+                if state is not None:
+                    order.after(state)  # type: ignore[union-attr]
+            return self._collect(prepared, transient) if prepared.pending else []
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _collect(self, prepared: Prepared, transient: bool) -> list[tuple[tuple[int, ...], torch.Tensor | None]]:
+        """Take over the outputs ORT allocated, through DLPack (float8: their shapes only)."""
+        got: list[tuple[tuple[int, ...], Any]] = []
+        io = prepared.binding.io
+        with _RUN:
+            values = io.get_outputs()  # a view into the binding: convert before clearing it
+            for position, slot, _ in prepared.pending:
+                value = values[position]
+                shape = tuple(value.shape())
+                handover = self.dlpack_ok[slot.index] and all(shape)
+                got.append((shape, value.to_dlpack() if handover else None))
+            del values
+            if transient:
+                # The binding holds a reference to what ORT allocated; drop it so the memory lives
+                # exactly as long as the caller's tensors, not until this thread's next call.
+                io.clear_binding_outputs()
+        if transient:
+            prepared.binding.outputs = None
+        produced: list[tuple[tuple[int, ...], torch.Tensor | None]] = []
+        cloned = False
+        for (shape, capsule), (_, slot, _) in zip(got, prepared.pending):
+            if capsule is None and not self.dlpack_ok[slot.index] and all(shape):
+                if not slot.predicted or slot.expected is None:
+                    raise self.no_dlpack_error(slot)
+                produced.append((shape, None))
+                continue
+            assert slot.dtype is not None
+            tensor = _binding.from_capsule(capsule, shape, slot.dtype, self.device)
+            if self.lock is not None and capsule is not None:
+                # In a CUDA-graph session ORT's arena blocks are shared with captured graphs, whose
+                # replays write into them without allocating: hand over a copy in torch's memory.
+                tensor = tensor.clone()
+                cloned = True
+            produced.append((shape, tensor))
+        if cloned and self.order is not None and self.order.stream is not None:
+            # ORT frees its blocks now, but the copies are still queued on torch's stream: later work
+            # on ORT's stream (a replay) must wait for them.
+            self.order.stream.wait_stream(torch.cuda.current_stream(self.device))
+        return produced
+
+    def _deliver(
+        self, slot: Slot, buffer: torch.Tensor | None, shape: tuple[int, ...], value: torch.Tensor
+    ) -> torch.Tensor:
+        """What a call returns for an output ORT allocated: its tensor, or the caller's buffer holding it."""
+        if buffer is None:
+            return value
+        if shape != tuple(buffer.shape):
+            raise ShapeError(
+                f"out {slot.name!r}: the run produced shape {format_shape(shape)}, not the expected "
+                f"{format_shape(buffer.shape)}",
+                kind="out",
+                name=slot.name,
+            )
+        if buffer.numel():  # a prediction being checked: ORT wrote its own memory
+            buffer.copy_(value)
+        return buffer
+
+    def _failed(self, refusal: OutputRefusedError, first: OutputRefusedError | None, prepared: Prepared) -> RunError:
+        """The error for a refusal that is not retried."""
+        shared = prepared.shared or {}
+        name = refusal.refused
+        if name is not None and name in shared:
+            source = self.inputs.specs[shared[name]].name
+            return RunError(
+                f"output {name!r}: shared with input {source!r}, but ONNX Runtime computed another shape for it "
+                f"({refusal.text}); this model does not write {name!r} in place; leave it out of share=",
+                kind="output",
+                name=name,
+            )
+        if first is not None:
+            return RunError(f"{refusal} (first attempt: {first.text})", kind="run", name=name)
+        return RunError(str(refusal), kind="run", name=name)
+
+    def warm_up_held(self, tensors: Iterable[tuple[str, str, torch.Tensor]]) -> tuple[Held, ...]:
+        """Held records for a bound call's tensors (non-empty ones)."""
+        return tuple(_binding.hold(kind, name, t) for kind, name, t in tensors if t.numel())

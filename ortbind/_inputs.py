@@ -1,0 +1,153 @@
+"""Inputs: check a call's feeds and bind them, in one pass.
+
+Every call, bound call and rebind checks its tensors here, with the same errors: the common tensor
+passes a few cheap tests; anything else takes :func:`~._binding.check_input`, which raises (or
+copies, with ``allow_copy``) with a message saying why.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from . import _binding
+from ._binding import Binding
+from ._metadata import TensorSpec
+from ._ort import BindRefusedError, OrtCalls
+from .errors import InputError, RunError
+
+__all__ = ["InputChecker"]
+
+_BIND = OrtCalls("bind")
+
+
+class InputChecker:
+    """Checks feeds against the model's inputs and binds them into a :class:`~._binding.Binding`.
+
+    Args:
+        specs: The model's inputs, in order.
+        devices: Per input, where its tensor must live (the session's device, or the CPU for an
+            input a CUDA session keeps in host memory).
+        allow_copy: Copy (with a warning) an input that cannot be bound as it is, instead of refusing.
+    """
+
+    def __init__(self, specs: Sequence[TensorSpec], devices: Sequence[torch.device], allow_copy: bool) -> None:
+        self.specs = tuple(specs)
+        self.devices = tuple(devices)
+        self.allow_copy = allow_copy
+        self.index = {s.name: i for i, s in enumerate(specs)}
+        self.ort_devices = tuple(_binding.make_ort_device(d) for d in devices)
+        self.names = tuple(s.name for s in specs)
+        # (dtype, required address multiple, CUDA index or -1) per input.
+        self._rows = tuple(
+            (
+                s.dtype,
+                _binding.CUDA_ALIGNMENT if d.type == "cuda" else max(1, s.dtype.itemsize if s.dtype else 1),
+                d.index if d.type == "cuda" else -1,
+            )
+            for s, d in zip(specs, devices)
+        )
+
+    def check(
+        self, feeds: Mapping[str, Any], binding: Binding | None = None
+    ) -> tuple[list[torch.Tensor], tuple[torch.Size, ...]]:
+        """Check every feed; the tensors to bind, in input order, and their shapes (the signature).
+
+        With ``binding``, each input is bound there in the same pass, unless the binding already
+        holds exactly its address and shape (all a binding keeps of an input besides its fixed
+        type and device), which saves a bind for an unchanged input.
+
+        Raises:
+            InputError, DTypeError, DeviceError: A feed is missing, unknown or cannot be bound.
+        """
+        tensors: list[torch.Tensor] = []
+        shapes: list[torch.Size] = []
+        accept = self.accept
+        held = binding.inputs if binding is not None else None
+        for index, name in enumerate(self.names):
+            try:
+                value = feeds[name]
+            except KeyError:
+                raise InputError(self.missing_message(feeds), kind="input", name=name) from None
+            except TypeError:
+                raise InputError(
+                    f"feeds: expected a mapping of input name -> torch.Tensor, got {type(feeds).__name__}",
+                    kind="input",
+                ) from None
+            tensor, address, shape = accept(index, value)
+            tensors.append(tensor)
+            shapes.append(shape)
+            if held is not None and held[index] != (address, shape):
+                self.bind(binding, index, tensor)  # type: ignore[arg-type]
+        if len(feeds) != len(tensors):
+            unknown = next(n for n in feeds if n not in self.index)
+            raise InputError(self.unknown_message(str(unknown)), kind="input", name=str(unknown))
+        return tensors, tuple(shapes)
+
+    def accept(self, index: int, value: Any) -> tuple[torch.Tensor, int, torch.Size]:
+        """Check one input's tensor; the tensor to bind (itself, a plain alias or a copy), its address and shape.
+
+        The common tensor passes a few cheap tests: a plain, dense, contiguous tensor of the right
+        dtype and device, at an aligned address inside its own storage. Anything else takes the
+        checked path, which raises (or copies, with ``allow_copy``) saying why.
+        """
+        dtype, align, cuda_index = self._rows[index]
+        try:
+            if (
+                type(value) is torch.Tensor
+                and value.dtype is dtype
+                and value.layout is torch.strided
+                and (value.is_cuda and value.get_device() == cuda_index if cuda_index >= 0 else value.is_cpu)
+                and value.is_contiguous()
+                and not value.is_neg()
+            ):
+                address = value.data_ptr()
+                storage = value.untyped_storage()
+                if (
+                    address != 0
+                    and not address % align
+                    and address + value.nbytes <= storage.data_ptr() + storage.nbytes()
+                ):
+                    return value, address, value.shape
+        except RuntimeError:  # a functionalized, nested or other tensor without plain memory
+            pass
+        spec = self.specs[index]
+        tensor = _binding.check_input(spec.name, spec, value, self.devices[index], self.allow_copy)
+        return tensor, tensor.data_ptr(), tensor.shape
+
+    def bind(self, binding: Binding, index: int, tensor: torch.Tensor) -> None:
+        """Bind one checked input (no-op when the binding holds it already)."""
+        address, shape = tensor.data_ptr(), tensor.shape
+        if binding.inputs[index] == (address, shape):
+            return
+        binding.inputs[index] = None
+        name = self.specs[index].name
+        try:
+            with _BIND:
+                binding.io.bind_input(name, self.ort_devices[index], self.specs[index].elem_type, shape, address)
+        except BindRefusedError as exc:
+            raise self.bind_error(name, exc) from exc.__cause__
+        binding.inputs[index] = (address, shape)
+
+    @staticmethod
+    def bind_error(name: str, exc: BindRefusedError) -> RunError:
+        return RunError(f"input {name!r}: ONNX Runtime refused to bind it: {exc.text}", kind="input", name=name)
+
+    def missing_message(self, feeds: Mapping[str, Any]) -> str:
+        missing = [s for s in self.specs if s.name not in feeds]
+        names = ", ".join(repr(s.name) for s in missing)
+        needs = "; ".join(str(s) for s in missing)
+        return f"missing input{'s' if len(missing) > 1 else ''} {names}; the model needs {needs}"
+
+    def unknown_message(self, name: str) -> str:
+        known = ", ".join(repr(s.name) for s in self.specs) or "none"
+        return f"input {name!r}: the model has no such input; its inputs are {known}"
+
+    def require(self, name: object) -> int:
+        """The index of input ``name``; an :class:`~ortbind.InputError` naming the inputs if there is none."""
+        index = self.index.get(name) if isinstance(name, str) else None
+        if index is None:
+            raise InputError(self.unknown_message(str(name)), kind="input", name=str(name))
+        return index

@@ -1,0 +1,275 @@
+"""Outputs of a call: which are asked for, per-call shapes, caller buffers and shared buffers, checked.
+
+Plain calls and bound calls choose and check their outputs here, with the same errors, before
+anything is bound.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from . import _binding
+from ._metadata import ModelSpec
+from ._plan import PlanCache, Slot
+from ._shapes import format_dims, format_shape
+from .errors import DTypeError, InputError, ModelError, OrtbindError, OutputError, ShapeError
+
+__all__ = ["OutputChecker", "as_shape"]
+
+
+def as_shape(dims: object) -> tuple[int, ...] | None:
+    """``dims`` as a tuple of ints in ``[0, 2**63)`` (numpy and torch ints accepted), or ``None``."""
+    if isinstance(dims, (str, bytes)) or not isinstance(dims, Sequence | torch.Size):
+        return None
+    shape = []
+    for dim in dims:
+        if isinstance(dim, bool):
+            return None
+        try:
+            size = operator.index(dim)
+        except TypeError:
+            return None
+        if size < 0 or size >= 1 << 63:
+            return None
+        shape.append(size)
+    return tuple(shape)
+
+
+def _mapping(value: object, what: str, kind: str, error: type[OrtbindError], example: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise error(
+            f"{what}: expected a mapping of {example}, got {type(value).__name__}; pass a dict",
+            kind=kind,
+        )
+    return value
+
+
+class OutputChecker:
+    """Chooses and checks the outputs of a call.
+
+    Args:
+        spec: The model's interface.
+        device: The session's device.
+        plans: The plan cache (its output-size limit applies to per-call shapes too).
+    """
+
+    def __init__(self, spec: ModelSpec, device: torch.device, plans: PlanCache) -> None:
+        self.spec = spec
+        self.device = device
+        self.plans = plans
+        self.index = {s.name: i for i, s in enumerate(spec.outputs)}
+        self.all = tuple(range(len(spec.outputs)))
+
+    def unknown_message(self, name: str) -> str:
+        known = ", ".join(repr(s.name) for s in self.spec.outputs)
+        return f"output {name!r}: the model has no such output; its outputs are {known}"
+
+    def select(self, output_names: object) -> tuple[int, ...]:
+        """The indices of the outputs asked for, in that order.
+
+        Raises:
+            OutputError: Not a sequence of names, an unknown name, or a name given twice.
+        """
+        if isinstance(output_names, str):
+            raise OutputError(
+                f"output_names: expected a sequence of names, got the string {output_names!r}; pass [{output_names!r}]",
+                kind="output",
+                name=output_names,
+            )
+        if not isinstance(output_names, Sequence):
+            raise OutputError(
+                f"output_names: expected a sequence of output names, got {type(output_names).__name__}",
+                kind="output",
+            )
+        indices = []
+        for name in output_names:
+            index = self.index.get(name) if isinstance(name, str) else None
+            if index is None:
+                raise OutputError(self.unknown_message(str(name)), kind="output", name=str(name))
+            indices.append(index)
+        if len(set(indices)) != len(indices):
+            raise OutputError(f"output_names: {list(output_names)} names an output twice", kind="output")
+        return tuple(indices)
+
+    def overrides(self, slots: Sequence[Slot], output_shapes: object) -> list[Slot]:
+        """``slots`` with per-call ``output_shapes`` applied (rule a for this call).
+
+        Raises:
+            ShapeError: Not a mapping, an output not in this call, or a shape that is not a
+                sequence of sizes, has another rank than declared, or is beyond ``max_output_bytes``.
+        """
+        shapes = _mapping(output_shapes, "output_shapes", "output", ShapeError, "output name -> shape")
+        wanted = {s.name for s in slots}
+        for name in shapes:
+            if name not in wanted:
+                raise ShapeError(
+                    f"output_shapes[{name!r}]: not among the outputs of this call "
+                    f"({', '.join(repr(n) for n in wanted)})",
+                    kind="output",
+                    name=str(name),
+                )
+        result = []
+        for slot in slots:
+            dims = shapes.get(slot.name)
+            if dims is None:
+                result.append(slot)
+                continue
+            shape = as_shape(dims)
+            if shape is None:
+                raise ShapeError(
+                    f"output_shapes[{slot.name!r}]: expected a sequence of ints in [0, 2**63), got {dims!r}",
+                    kind="output",
+                    name=slot.name,
+                )
+            self._check_rank(f"output_shapes[{slot.name!r}]", slot.index, shape, "output")
+            self.plans.check_override(slot.index, shape)
+            result.append(slot.fixed(shape))
+        return result
+
+    def _check_rank(self, where: str, index: int, shape: Sequence[int], kind: str) -> None:
+        """ORT checks a caller's output against the declared rank, after running the whole graph: say it now."""
+        spec = self.spec.outputs[index]
+        if spec.dims is not None and len(spec.dims) != len(shape):
+            raise ShapeError(
+                f"{where}: shape {format_shape(shape)} has rank {len(shape)}, but the model declares rank "
+                f"{len(spec.dims)} {format_dims(spec.dims)}, and ONNX Runtime refuses a buffer of another rank; "
+                f"leave {spec.name!r} out of out= and output_shapes= so that ORT allocates it",
+                kind=kind,
+                name=spec.name,
+            )
+
+    def shared(
+        self, share: object, slots: Sequence[Slot], tensors: Sequence[torch.Tensor], inputs: Mapping[str, int]
+    ) -> dict[str, int]:
+        """Check ``share=`` (output name -> input name); output name -> input index.
+
+        Only for models that write the output in place into the input's buffer (ORT's
+        GroupQueryAttention with a shared past/present KV buffer): the output is bound to the
+        input's very memory, with the input's shape.
+
+        Raises:
+            OutputError: Not a mapping, an output not in this call, a pass-through output, an
+                input shared twice.
+            InputError: An unknown input.
+            DTypeError: The output's declared type is not the input's.
+            ShapeError: The input's rank is not the output's declared rank.
+        """
+        pairs = _mapping(share, "share", "output", OutputError, "output name -> input name")
+        by_name = {s.name: s for s in slots}
+        result: dict[str, int] = {}
+        for output, source in pairs.items():
+            slot = by_name.get(output) if isinstance(output, str) else None
+            if slot is None:
+                if isinstance(output, str) and output in self.index:
+                    raise OutputError(
+                        f"share[{output!r}]: not among the outputs of this call; add it to output_names",
+                        kind="output",
+                        name=output,
+                    )
+                raise OutputError(self.unknown_message(str(output)), kind="output", name=str(output))
+            index = inputs.get(source) if isinstance(source, str) else None
+            if index is None:
+                raise InputError(
+                    f"share[{output!r}]: {source!r} is not an input of the model; name the input whose buffer "
+                    f"{output!r} is written into",
+                    kind="input",
+                    name=str(source),
+                )
+            if slot.passthrough is not None:
+                raise OutputError(
+                    f"share[{output!r}]: it is the input {source!r} itself (a pass-through output); leave it out",
+                    kind="output",
+                    name=output,
+                )
+            if index in result.values():
+                raise OutputError(
+                    f"share[{output!r}]: input {source!r} is already shared with another output; "
+                    f"each input's buffer can be written by one output",
+                    kind="output",
+                    name=output,
+                )
+            spec = self.spec.outputs[slot.index]
+            tensor = tensors[index]
+            if spec.dtype is not tensor.dtype:
+                raise DTypeError(
+                    f"share[{output!r}]: output {output!r} is {spec.dtype} (ONNX {spec.elem_type_name}), input "
+                    f"{source!r} is {tensor.dtype}; only an input of the output's type can hold it",
+                    kind="output",
+                    name=output,
+                )
+            self._check_rank(f"share[{output!r}]", slot.index, tensor.shape, "output")
+            if tensor.device != self.device:
+                raise InputError(
+                    f"share[{output!r}]: input {source!r} is in host memory of a CUDA session, where ORT does not "
+                    f"write outputs; it cannot be shared",
+                    kind="input",
+                    name=source,
+                )
+            result[output] = index
+        # ORT writes a shared input while it runs: no other input may live in that memory.
+        names = list(inputs)
+        _binding.check_no_overlap(
+            ((o, tensors[i]) for o, i in result.items()),
+            ((names[i], t) for i, t in enumerate(tensors) if i not in result.values()),
+            label="share",
+        )
+        return result
+
+    def buffers(
+        self,
+        out: object,
+        slots: Sequence[Slot],
+        tensors: Sequence[torch.Tensor],
+        input_names: Sequence[str],
+        shared: Mapping[str, int] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Check ``out=`` buffers against the outputs of this call; the buffers to write, by name.
+
+        Raises:
+            OutputError: Not a mapping, an unknown output or one not in this call, a buffer that
+                cannot be written (or overlaps another buffer or an input), a shared output.
+            DTypeError, DeviceError: Wrong dtype or device.
+            ShapeError: A shape other than the output's for these inputs, or another rank than declared.
+        """
+        given = _mapping(out, "out", "out", OutputError, "output name -> tensor")
+        by_name = {s.name: s for s in slots}
+        buffers: dict[str, torch.Tensor] = {}
+        for name, value in given.items():
+            slot = by_name.get(name) if isinstance(name, str) else None
+            if slot is None:
+                if isinstance(name, str) and name in self.index:
+                    raise OutputError(
+                        f"out {name!r}: not among output_names of this call; add it there or drop the buffer",
+                        kind="out",
+                        name=name,
+                    )
+                raise OutputError(
+                    self.unknown_message(str(name)).replace("output", "out", 1), kind="out", name=str(name)
+                )
+            if shared and name in shared:
+                raise OutputError(
+                    f"out {name!r}: it is shared with input {input_names[shared[name]]!r} (share=); "
+                    f"give it one or the other",
+                    kind="out",
+                    name=name,
+                )
+            spec = self.spec.outputs[slot.index]
+            if slot.problem:
+                raise ModelError(
+                    f"output {name!r}: {spec.unsupported}; "
+                    f"request the other outputs with run(feeds, output_names=[...])",
+                    kind="output",
+                    name=name,
+                )
+            # A pass-through output is the input itself: its buffer must have the input's shape.
+            expected = tensors[slot.passthrough].shape if slot.passthrough is not None else slot.expected
+            buffer = _binding.check_out_buffer(name, spec, value, self.device, expected)
+            if expected is None:
+                self._check_rank(f"out {name!r}", slot.index, buffer.shape, "out")
+            buffers[name] = buffer
+        _binding.check_no_overlap(buffers.items(), zip(input_names, tensors))
+        return buffers
