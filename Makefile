@@ -17,8 +17,7 @@ PIP := $(PY) -m pip install --disable-pip-version-check -c constraints.txt $(PIP
 # diffusers/transformers/onnxscript are tested at the pinned set only (constraints.txt).
 OLDEST_VENV ?= .venv-oldest
 OLDEST_PY := $(OLDEST_VENV)/bin/python
-EXAMPLE_TESTS := test_stable_diffusion test_sd_pipelines test_sd_bound test_tasks test_app test_serve test_serve_cli test_packaging
-OLDEST_TESTS ?= tests -m "not slow" $(foreach t,$(EXAMPLE_TESTS),--ignore=tests/$(t).py)
+OLDEST_TESTS ?= tests/ortbind -m "not slow"
 
 .PHONY: demo test test-oldest lint bench clean browser
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import re
 import threading
 from typing import Any
 
@@ -15,8 +14,9 @@ from torch.overrides import TorchFunctionMode
 import ortbind
 from ortbind import Rule
 
-from .models import parse
-from .reference import assert_equal_reference, reference
+from ..helpers import raises
+from ..models import parse
+from ..reference import assert_equal_reference, reference
 
 OPSET = '<ir_version: 8, opset_import: ["" : 17]>'
 
@@ -41,8 +41,6 @@ g (float[N, M] x) => (float[N, M] y, float[N, M] z) {{
 }}""")
 
 
-def raises(error: type[Exception], message: str) -> pytest.RaisesContext[Exception]:
-    return pytest.raises(error, match=f"^{re.escape(message)}$")
 
 
 def feeds(n: int = 3, m: int = 4, scale: float = 2.0) -> dict[str, torch.Tensor]:

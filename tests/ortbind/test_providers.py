@@ -12,8 +12,8 @@ import ortbind
 from ortbind import _providers
 from ortbind._providers import plan_providers
 
-from .models import parse
-from .reference import cuda_provider_loads
+from ..models import parse
+from ..reference import cuda_provider_loads
 
 MODEL = parse("""<ir_version: 8, opset_import: ["" : 17]>
 g (float[N] x) => (float[N] y) {

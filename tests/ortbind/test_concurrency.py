@@ -10,7 +10,7 @@ import torch
 
 import ortbind
 
-from .models import parse
+from ..models import parse
 
 MODEL = parse("""<ir_version: 8, opset_import: ["" : 17]>
 g (float[N, M] x, float[M] b) => (float[N, M] y, float[M, N] t, int64[2, K] nz) {

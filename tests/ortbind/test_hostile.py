@@ -8,7 +8,6 @@ through. Each test states the exact outcome: the right answer (compared with pla
 from __future__ import annotations
 
 import logging
-import re
 from typing import Any
 
 import numpy as np
@@ -22,8 +21,9 @@ import ortbind
 from ortbind import Rule, _binding, _ort
 from ortbind._providers import plan_providers
 
-from .models import parse
-from .reference import assert_equal_reference, reference
+from ..helpers import raises
+from ..models import parse
+from ..reference import assert_equal_reference, reference
 
 OPSET = '<ir_version: 8, opset_import: ["" : 17]>'
 
@@ -31,8 +31,6 @@ NEG = parse(f"{OPSET} g (float[N] x) => (float[N] y) {{ y = Neg(x) }}")
 HALF = parse(f"{OPSET} g (float16[N] x) => (float16[N] y) {{ y = Neg(x) }}")
 
 
-def raises(error: type[Exception], message: str) -> pytest.RaisesContext[Exception]:
-    return pytest.raises(error, match=f"^{re.escape(message)}$")
 
 
 NO_STORAGE_FIX = (

@@ -11,8 +11,8 @@ from onnx import TensorProto
 import ortbind
 from ortbind._dtypes import element_type_name, from_onnx, from_torch
 
-from .models import as_bytes, cast_model, identity_model, parse, random_tensor, single_node_model
-from .reference import reference as reference_outputs
+from ..models import as_bytes, cast_model, identity_model, parse, random_tensor, single_node_model
+from ..reference import reference as reference_outputs
 
 ROWS = list(ortbind.ELEMENT_TYPES.values())
 ROW_IDS = [row.name for row in ROWS]

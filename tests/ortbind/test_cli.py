@@ -11,7 +11,7 @@ import pytest
 
 from ortbind.__main__ import main
 
-from .reference import run_python
+from ..reference import run_python
 
 # y is declared, z has legacy exporter names only inference resolves, nz is data-dependent.
 MODEL = """

@@ -11,8 +11,8 @@ import torch
 
 import ortbind
 
-from .models import parse
-from .reference import cuda_provider_loads, reference
+from ..models import parse
+from ..reference import cuda_provider_loads, reference
 
 MODEL = parse("""<ir_version: 8, opset_import: ["" : 17]>
 g (float[N, M] x, float[N, M] y) => (float[N, M] s, int64[2, K] nz) {

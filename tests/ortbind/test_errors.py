@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,8 @@ import torch
 
 import ortbind
 
-from .models import parse
+from ..helpers import raises
+from ..models import parse
 
 OPSET = '<ir_version: 8, opset_import: ["" : 17]>'
 
@@ -41,8 +41,6 @@ def feeds(**changes: object) -> dict[str, object]:
     return base
 
 
-def raises(error: type[Exception], message: str) -> pytest.RaisesContext[Exception]:
-    return pytest.raises(error, match=f"^{re.escape(message)}$")
 
 
 def test_the_fixture_feeds_are_valid(sess: ortbind.TorchSession) -> None:

@@ -12,8 +12,8 @@ import torch
 import ortbind
 from ortbind import Rule
 
-from .models import parse
-from .reference import assert_equal_reference, reference
+from ..models import parse
+from ..reference import assert_equal_reference, reference
 
 OPSET = '<ir_version: 8, opset_import: ["" : 17]>'
 

@@ -11,7 +11,7 @@ import pytest
 from ortbind._shapes import OutputPlan, Rule, Shape, ShapeProgram, format_dims, parse_dim
 from ortbind.errors import ShapeError
 
-from .reference import run_python
+from ..reference import run_python
 
 # --------------------------------------------------------------------------- parse_dim
 
