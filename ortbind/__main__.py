@@ -33,9 +33,17 @@ def _parse_shape(text: str) -> tuple[str, tuple[int, ...]]:
         raise argparse.ArgumentTypeError(
             f"{text!r}: dims must be integers joined by 'x', e.g. {name}=2x4x64x64"
         ) from None
-    if any(d < 0 for d in shape):
-        raise argparse.ArgumentTypeError(f"{text!r}: dims must not be negative")
+    if any(not 0 <= d < 1 << 63 for d in shape):
+        raise argparse.ArgumentTypeError(f"{text!r}: dims must be sizes in [0, 2**63)")
     return name, shape
+
+
+def _printable(text: str) -> str:
+    """``text`` with control and other non-printable characters escaped: names come from model files,
+    and a model must not be able to send escape sequences to the terminal (clear it, set its title)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
 def _type_name(spec: TensorSpec) -> str:
@@ -49,7 +57,9 @@ def _inspect(args: argparse.Namespace) -> int:
     unknown = [n for n in given if n not in {s.name for s in spec.inputs}]
     if unknown:
         known = ", ".join(repr(s.name) for s in spec.inputs)
-        raise OrtbindError(f"--shape {unknown[0]}: the model has no such input; its inputs are {known}")
+        raise OrtbindError(
+            f"--shape {unknown[0]}: the model has no such input; its inputs are {known}", kind="input", name=unknown[0]
+        )
 
     resolved: dict[str, tuple[str, str, str]] = {}
     if given:
@@ -61,7 +71,9 @@ def _inspect(args: argparse.Namespace) -> int:
                 shapes.append(tuple(d for d in s.dims if isinstance(d, int)))
             else:
                 raise OrtbindError(
-                    f"--shape: input {s.name!r} has dims {format_dims(s.dims)}; give it too, e.g. --shape {s.name}=..."
+                    f"--shape: input {s.name!r} has dims {format_dims(s.dims)}; give it too, e.g. --shape {s.name}=...",
+                    kind="input",
+                    name=s.name,
                 )
         program = ShapeProgram.for_specs(spec.inputs, spec.outputs, strict=args.strict)
         for plan in program.plan(shapes, infer=ShapeInferencer(loaded.proto)):
@@ -103,23 +115,24 @@ def _inspect(args: argparse.Namespace) -> int:
         )
         return 0
 
-    opsets = ", ".join(f"{d} {v}" for d, v in spec.opsets)
-    print(f"model: {args.model}")
-    print(f"  producer: {spec.producer or 'unknown'}; IR {spec.ir_version}; opsets: {opsets}")
-    width = max([len(s.name) for s in (*spec.inputs, *spec.outputs)] + [4])
+    opsets = ", ".join(f"{_printable(d)} {v}" for d, v in spec.opsets)
+    print(f"model: {_printable(args.model)}")
+    print(f"  producer: {_printable(spec.producer) or 'unknown'}; IR {spec.ir_version}; opsets: {opsets}")
+    width = max([len(_printable(s.name)) for s in (*spec.inputs, *spec.outputs)] + [4])
     for title, specs in (("inputs", spec.inputs), ("outputs", spec.outputs)):
         print(f"{title}:")
         for s in specs:
-            line = f"  {s.name:<{width}}  {s.elem_type_name:<14} {_type_name(s):<16} {format_dims(s.dims)}"
+            dims = _printable(format_dims(s.dims))
+            line = f"  {_printable(s.name):<{width}}  {s.elem_type_name:<14} {_type_name(s):<16} {dims}"
             if s.name in given:
                 line += f"  <- {format_shape(given[s.name])}"
             if s.name in resolved:
                 shape_text, rule, reason = resolved[s.name]
                 line += f"  -> {shape_text}  {rule}"
                 if reason and args.verbose:
-                    line += f"  [{reason}]"
+                    line += f"  [{_printable(reason)}]"
             if s.unsupported:
-                line += f"  (cannot bind: {s.unsupported})"
+                line += f"  (cannot bind: {_printable(s.unsupported)})"
             print(line)
     return 0
 
@@ -157,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args))
     except OrtbindError as exc:
-        print(f"ortbind: error: {exc}", file=sys.stderr)
+        print(f"ortbind: error: {_printable(str(exc))}", file=sys.stderr)
         return 2
 
 

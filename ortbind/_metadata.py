@@ -114,18 +114,22 @@ def load_model(source: ModelSource) -> LoadedModel:
         try:
             proto = onnx.load_model_from_string(data)
         except Exception as exc:  # protobuf raises DecodeError and friends
-            raise ModelError(f"model bytes: not a serialized ONNX model ({exc})") from exc
+            raise ModelError(f"model bytes: not a serialized ONNX model ({exc})", kind="model") from exc
         return LoadedModel(proto, data, None)
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if not path.is_file():
-            raise ModelError(f"model file {str(path)!r} does not exist; pass the path of a .onnx file")
+            raise ModelError(
+                f"model file {str(path)!r} does not exist; pass the path of a .onnx file", kind="model", name=str(path)
+            )
         try:
             proto = onnx.load(str(path), load_external_data=False)
         except Exception as exc:
-            raise ModelError(f"model file {str(path)!r}: not an ONNX model ({exc})") from exc
+            raise ModelError(
+                f"model file {str(path)!r}: not an ONNX model ({exc})", kind="model", name=str(path)
+            ) from exc
         return LoadedModel(proto, str(path), path)
-    raise ModelError(f"model: expected a path, bytes or onnx.ModelProto, got {type(source).__name__}")
+    raise ModelError(f"model: expected a path, bytes or onnx.ModelProto, got {type(source).__name__}", kind="model")
 
 
 def _type_str(tp: onnx.TypeProto) -> str:

@@ -195,6 +195,14 @@ def plan_providers(
 
     if providers is None:
         names = [CUDA, CPU] if dev.type == "cuda" else [CPU]
+        unused = [n for n in options if n not in names]
+        if unused:
+            raise ConfigError(
+                f"provider_options[{unused[0]!r}]: {unused[0]} is not used for device {dev} (providers {names}); "
+                f"pass the device it runs on (device='cuda' for CUDAExecutionProvider), or providers=[...]",
+                kind="option",
+                name=unused[0],
+            )
 
     user_stream: int | None = None
     for name in names:
