@@ -316,8 +316,8 @@ def test_ort_spellings_of_provider_options_are_understood() -> None:
             ),
             ortbind.ConfigError,
             "provider_options['CUDAExecutionProvider']['user_compute_stream']: 0 is CUDA's legacy default stream, "
-            "which ONNX Runtime reads as no stream at all; pass a stream's handle (str(torch.cuda.Stream().cuda_stream))"
-            " or leave it out so ortbind makes one",
+            "which ONNX Runtime reads as no stream at all; pass a stream's handle "
+            "(str(torch.cuda.Stream().cuda_stream)) or leave it out so ortbind makes one",
             "option",
             "user_compute_stream",
         ),
@@ -498,7 +498,7 @@ def test_concurrent_learning_is_safe() -> None:
             for n in range(2, 40):
                 x = torch.randn(n, n + seed + 1)
                 assert torch.equal(sess(x=x)["z"], x.t())
-        except BaseException as exc:  # noqa: BLE001  (reported below)
+        except BaseException as exc:
             failures.append(exc)
 
     threads = [threading.Thread(target=work, args=(seed,)) for seed in range(8)]
