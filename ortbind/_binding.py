@@ -425,16 +425,18 @@ class Binding:
 
     Attributes:
         io: The ORT ``SessionIOBinding`` (creating one costs about 0.35 µs).
-        inputs: Per input, the ``(address, shape)`` it holds, or ``None``.
+        addresses: Per input, the address it holds (-1: nothing).
+        shapes: Per input, the shape it holds.
         outputs: The output indices last bound by a plain call (``None``: nothing kept).
         bound_outputs: Output name -> ``(address, shape)`` a bound call's binding holds, so
             re-binding it after a rebind() skips outputs that did not change.
     """
 
-    __slots__ = ("bound_outputs", "inputs", "io", "outputs")
+    __slots__ = ("addresses", "bound_outputs", "io", "outputs", "shapes")
 
     def __init__(self, session: Any, inputs: int) -> None:
         self.io = ort_c.SessionIOBinding(session)
-        self.inputs: list[tuple[int, torch.Size] | None] = [None] * inputs
+        self.addresses: list[int] = [-1] * inputs
+        self.shapes: list[torch.Size | None] = [None] * inputs
         self.outputs: tuple[int, ...] | None = None
         self.bound_outputs: dict[str, tuple[int, torch.Size]] = {}

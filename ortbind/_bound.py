@@ -204,7 +204,9 @@ class BoundCall:
         engine = self._engine
         changes = dict(engine.check_feeds_mapping(feeds, "rebind") if feeds is not None else {})
         changes.update(more)
-        with self._exclusive("rebind"):
+        if not self._lock.acquire(blocking=False):
+            raise _busy("rebind")
+        try:
             state = self._state
             indices = [engine.inputs.require(name) for name in changes]
             tensors = list(state.prepared.tensors)
@@ -241,6 +243,8 @@ class BoundCall:
             prepared = engine.executor.prepare(binding, tensors, slots, buffers, shared, keep=keep)
             self._state = self._state_for({**state.feeds, **changes}, signature, plan, prepared)
             self._broken = None
+        finally:
+            self._lock.release()
 
     # ------------------------------------------------------------------ running
 
@@ -269,8 +273,9 @@ class BoundCall:
                 this bound call right now.
             InputError, OutputError: A bound tensor moved or lost its memory since it was bound.
         """
-        engine = self._engine
-        with self._exclusive("run"):
+        if not self._lock.acquire(blocking=False):
+            raise _busy("run")
+        try:
             if self._broken is not None:
                 raise RunError(f"bound call: {self._broken}; rebind() again before running", kind="run")
             state = self._state
@@ -284,8 +289,12 @@ class BoundCall:
                         kind="input",
                         name=name,
                     )
-            graph_id = -1 if self.graph_id is None else self.graph_id
-            options, asynchronous = engine.policy.choose(run_options, synchronize, self._graph, graph_id)
+            engine = self._engine
+            if run_options is None and synchronize is None and self._graph is None:
+                options, asynchronous = engine.policy.default, not engine.policy.synchronize
+            else:
+                graph_id = -1 if self.graph_id is None else self.graph_id
+                options, asynchronous = engine.policy.choose(run_options, synchronize, self._graph, graph_id)
             prepared = state.prepared
             binding = prepared.binding
             results, plan = engine.executor.execute(
@@ -309,6 +318,8 @@ class BoundCall:
                     if bound is not None and value is not None and value is not bound and value.shape == bound.shape:
                         results[name] = bound.copy_(value)
             return results
+        finally:
+            self._lock.release()
 
     def _rebind_outputs(self, state: _State, prepared: Prepared) -> None:
         plan, slots, buffers, shared = self._plan(prepared.tensors, state.signature)
@@ -316,29 +327,13 @@ class BoundCall:
         again = self._engine.executor.prepare(prepared.binding, prepared.tensors, slots, buffers, shared, keep=keep)
         self._state = self._state_for(state.feeds, state.signature, plan, again)
 
-    def _exclusive(self, what: str) -> _Exclusive:
-        return _Exclusive(self._lock, what)
 
-
-class _Exclusive:
-    """The bound call's lock, taken without waiting: concurrent use is an error, not a wait."""
-
-    __slots__ = ("lock", "what")
-
-    def __init__(self, lock: threading.Lock, what: str) -> None:
-        self.lock = lock
-        self.what = what
-
-    def __enter__(self) -> None:
-        if not self.lock.acquire(blocking=False):
-            raise RunError(
-                f"bound call: {self.what}() while another thread uses it; a BoundCall is not for concurrent use, "
-                f"bind one per thread",
-                kind="run",
-            )
-
-    def __exit__(self, *exc: object) -> None:
-        self.lock.release()
+def _busy(what: str) -> RunError:
+    return RunError(
+        f"bound call: {what}() while another thread uses it; a BoundCall is not for concurrent use, "
+        f"bind one per thread",
+        kind="run",
+    )
 
 
 def _mapping(value: object, what: str) -> Mapping[str, Any]:

@@ -99,19 +99,7 @@ class Engine:
         """One plain call: fresh outputs (or the caller's buffers), inputs only read."""
         if torch._C._is_torch_function_mode_enabled() or torch._C._len_torch_dispatch_stack():
             with _without_modes():
-                return self._call(feeds, output_names, out, output_shapes, share, run_options, synchronize)
-        return self._call(feeds, output_names, out, output_shapes, share, run_options, synchronize)
-
-    def _call(
-        self,
-        feeds: Mapping[str, torch.Tensor],
-        output_names: Sequence[str] | None,
-        out: Mapping[str, torch.Tensor] | None,
-        output_shapes: Mapping[str, Sequence[int]] | None,
-        share: Mapping[str, str] | None,
-        run_options: ort.RunOptions | None,
-        synchronize: bool | None,
-    ) -> dict[str, torch.Tensor]:
+                return self.call(feeds, output_names, out, output_shapes, share, run_options, synchronize)
         if run_options is None and synchronize is None:
             options, asynchronous = self.policy.default, not self.policy.synchronize
         else:
@@ -122,6 +110,8 @@ class Engine:
         tensors, signature = self.inputs.check(feeds, binding)
         plan = self.plans.get(signature)
         if output_names is None and out is None and output_shapes is None and share is None:
+            if plan.simple:
+                return executor.fresh(binding, tensors, signature, plan, options, asynchronous)
             prepared = executor.prepare(binding, tensors, plan.slots, None)
         else:
             slots, buffers, shared = self.outputs_for(plan, indices, tensors, out, output_shapes, share)

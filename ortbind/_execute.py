@@ -36,6 +36,9 @@ _log = logging.getLogger("ortbind")
 _BIND = OrtCalls("bind")
 _RUN = OrtCalls("run")
 
+_increment_version = torch._C._increment_version
+"""What ``torch.autograd.graph.increment_version`` calls, without its Python wrapper (0.2 µs a run)."""
+
 
 class Prepared:
     """A binding ready to run: its inputs, its outputs and what each run must do besides running.
@@ -120,10 +123,13 @@ class Executor:
         self.inputs = inputs
         self.plans = plans
         self.order = order
-        self.lock = threading.Lock() if serial else None
+        # Reentrant: a run of a prepared call holds it through the collection of ORT's outputs.
+        self.lock = threading.RLock() if serial else None
         self.ort_device = _binding.make_ort_device(device)
         self.dlpack_ok = tuple(_binding.dlpack_supported(s) for s in spec.outputs)
-        self.empty_kwargs: dict[str, Any] = {"device": device}
+        # On CPU, torch.empty without a device is the CPU (calls run with torch's modes off, so no
+        # set_default_device can redirect it); naming the device costs a quarter of a microsecond.
+        self.empty_kwargs: dict[str, Any] = {"device": device} if device.type == "cuda" else {}
         self._local = threading.local()
 
     # ------------------------------------------------------------------ bindings
@@ -210,13 +216,13 @@ class Executor:
                 if buffer is not None and buffer.numel() and (shape is not None or not slot.predicted):
                     if keep is None:
                         with _BIND:
-                            io.bind_output(name, device, slot.elem_type, buffer.shape, buffer.data_ptr())
+                            io.bind_output(name, device, slot.elem_type, tuple(buffer.shape), buffer.data_ptr())
                     else:  # a bound call's binding: skip an output it holds already
                         where = (buffer.data_ptr(), buffer.shape)
                         if binding.bound_outputs.get(name) != where:
                             binding.bound_outputs.pop(name, None)
                             with _BIND:
-                                io.bind_output(name, device, slot.elem_type, where[1], where[0])
+                                io.bind_output(name, device, slot.elem_type, tuple(where[1]), where[0])
                             binding.bound_outputs[name] = where
                     results[name] = buffer
                     written.append(buffer)
@@ -261,6 +267,41 @@ class Executor:
 
     # ------------------------------------------------------------------ executing
 
+    def fresh(
+        self,
+        binding: Binding,
+        tensors: list[torch.Tensor],
+        signature: Signature,
+        plan: Plan,
+        options: ort.RunOptions,
+        asynchronous: bool,
+    ) -> dict[str, torch.Tensor]:
+        """The common plain call: every output's shape is known, so each is a fresh tensor bound by pointer.
+
+        :meth:`prepare` and :meth:`execute` with nothing else to do; a refused prediction goes on
+        in :meth:`execute`'s retry.
+        """
+        io, device, empty, kwargs = binding.io, self.ort_device, torch.empty, self.empty_kwargs
+        results: dict[str, torch.Tensor] = {}
+        for slot in plan.slots:
+            tensor = empty(*slot.sizes, dtype=slot.dtype, **kwargs)
+            try:
+                io.bind_output(slot.name, device, slot.elem_type, slot.shape, tensor.data_ptr())
+            except Exception as exc:
+                self.drop_thread_binding()
+                raise self._bind_error(slot, exc) from exc
+            results[slot.name] = tensor
+        try:
+            self._run(io, tensors, (), options, asynchronous)
+        except OutputRefusedError as refusal:
+            prepared = Prepared(binding, tensors, plan.slots, None, None)
+            prepared.bound = len(plan.slots)
+            return self.execute(prepared, signature, plan, options, asynchronous, transient=True, refused=refusal)[0]
+        except RunError:
+            self.drop_thread_binding()  # a failed run may leave the binding half-bound
+            raise
+        return results
+
     def execute(
         self,
         prepared: Prepared,
@@ -273,6 +314,7 @@ class Executor:
         held: Sequence[Held] = (),
         refresh: Sequence[tuple[int, torch.Tensor, torch.Tensor]] = (),
         retry: bool = True,
+        refused: OutputRefusedError | None = None,
     ) -> tuple[dict[str, torch.Tensor], Plan]:
         """Run a prepared call; the outputs by name and the plan as the run left it.
 
@@ -288,6 +330,7 @@ class Executor:
                 before the run.
             retry: Rerun once with ORT allocating a predicted output it refused (off for CUDA-graph
                 bound calls, whose outputs must stay at fixed addresses).
+            refused: A refusal that already happened for this call (:meth:`fresh`): retry at once.
 
         Raises:
             InputError, OutputError: A held tensor moved or lost its memory since it was bound.
@@ -295,12 +338,12 @@ class Executor:
             ShapeError: A checked prediction proved wrong for a caller's ``out=`` buffer.
         """
         for record in held:
-            why = _binding.moved(record)
-            if why is not None:
+            tensor, storage, address, base, end = record[:5]
+            if tensor.data_ptr() != address or storage.data_ptr() != base or storage.nbytes() < end - base:
                 kind, name = record[5], record[6]
                 raise (InputError if kind == "input" else OutputError)(
-                    f"{kind} {name!r}: {why}, so ORT would use a stale address; write new values with copy_(), "
-                    f"or rebind()",
+                    f"{kind} {name!r}: {_binding.moved(record)}, so ORT would use a stale address; write new values "
+                    f"with copy_(), or rebind()",
                     kind=kind,
                     name=name,
                 )
@@ -314,15 +357,34 @@ class Executor:
                     name=name,
                 )
             copy.copy_(caller)
+        if refused is None and not prepared.pending and not prepared.passthrough and prepared.bound:
+            # The common run: every output bound by pointer, nothing to collect.
+            try:
+                self._run(prepared.binding.io, prepared.tensors, prepared.written, options, asynchronous)
+            except OutputRefusedError as refusal:
+                refused = refusal
+            except RunError:
+                if transient:
+                    self.drop_thread_binding()  # a failed run may leave the binding half-bound
+                raise
+            else:
+                prepared.runs += 1
+                if prepared.written and (prepared.buffers or prepared.shared or not transient):
+                    _increment_version(prepared.written)
+                done: dict[str, Any] = prepared.results if transient else dict(prepared.results)
+                return done, plan
         first: OutputRefusedError | None = None
         while True:
-            if prepared.runs and prepared.pending:
-                io, device = prepared.binding.io, self.ort_device
-                with _BIND:
-                    for _, slot, _ in prepared.pending:
-                        io.bind_output(slot.name, device)  # ORT would write into its last allocation
             try:
-                produced = self._run(prepared, options, asynchronous, transient)
+                if refused is not None:
+                    pending_refusal, refused = refused, None
+                    raise pending_refusal
+                if prepared.runs and prepared.pending:
+                    io, device = prepared.binding.io, self.ort_device
+                    with _BIND:
+                        for _, slot, _ in prepared.pending:
+                            io.bind_output(slot.name, device)  # ORT would write into its last allocation
+                produced = self._run_prepared(prepared, options, asynchronous, transient)
             except OutputRefusedError as refusal:
                 if transient:
                     self.drop_thread_binding()
@@ -331,17 +393,19 @@ class Executor:
                     raise self._failed(refusal, first, prepared) from refusal.__cause__
                 first = refusal
                 _log.debug("ORT refused a predicted output buffer (%s); rerunning with ORT allocating it", refusal.text)
-                slots = [s.loosened() if s in loosen else s for s in prepared.slots]
-                self._reprepare(prepared, slots)
+                self._reprepare(prepared, [s.loosened() if s in loosen else s for s in prepared.slots])
                 continue
             except RunError:
                 if transient:
                     self.drop_thread_binding()  # a failed run may leave the binding half-bound
                 raise
             prepared.runs += 1
+            if not produced and first is None:
+                results: dict[str, Any] = prepared.results if transient else dict(prepared.results)
+                break
             observed: dict[int, tuple[int, ...]] = {}
             shape_only: list[int] = []
-            results: dict[str, Any] = dict(prepared.results)
+            results = dict(prepared.results)
             for (_, slot, buffer), (shape, value) in zip(prepared.pending, produced):
                 if slot.predicted and slot.expected is not None:
                     observed[slot.index] = shape
@@ -363,7 +427,7 @@ class Executor:
             source = prepared.tensors[slot.passthrough]  # type: ignore[index]
             results[slot.name] = source.clone() if target is None else target.copy_(source)
         if prepared.written and (prepared.buffers or prepared.shared or not transient):
-            torch.autograd.graph.increment_version(prepared.written)
+            _increment_version(prepared.written)
         return results, plan
 
     def _reprepare(self, prepared: Prepared, slots: list[Slot]) -> None:
@@ -374,30 +438,60 @@ class Executor:
             setattr(prepared, field, getattr(fresh, field))
         prepared.runs = 0
 
-    def _run(
+    def _run_prepared(
         self, prepared: Prepared, options: ort.RunOptions, asynchronous: bool, transient: bool
     ) -> list[tuple[tuple[int, ...], torch.Tensor | None]]:
-        """One run, ordered against torch's stream; then the outputs ORT allocated."""
+        """One run of a prepared call; then the outputs ORT allocated."""
         if not prepared.bound:
             return []  # only pass-through outputs: nothing for ORT to compute (and it refuses to run)
         lock = self.lock
         if lock is not None:
             lock.acquire()
         try:
-            order = self.order
-            state = None
-            if order is not None:
-                state = order.before(chain(prepared.tensors, prepared.written), asynchronous)
-            try:
-                with _RUN:
-                    self.session.run_with_iobinding(prepared.binding.io, options)
-            finally:
-                if state is not None:
-                    order.after(state)  # type: ignore[union-attr]
+            self._run(prepared.binding.io, prepared.tensors, prepared.written, options, asynchronous)
             return self._collect(prepared, transient) if prepared.pending else []
         finally:
             if lock is not None:
                 lock.release()
+
+    def _run(
+        self,
+        io: Any,
+        tensors: Sequence[torch.Tensor],
+        written: Sequence[torch.Tensor],
+        options: ort.RunOptions,
+        asynchronous: bool,
+    ) -> None:
+        """ORT's run, ordered against torch's stream (CUDA); ORT's errors mapped."""
+        order = self.order
+        if order is None:
+            try:
+                self.session.run_with_iobinding(io, options)
+            except Exception as exc:
+                raise _RUN.mapped(exc) from exc
+            return
+        lock = self.lock
+        if lock is not None:
+            lock.acquire()
+        try:
+            state = order.before(chain(tensors, written), asynchronous)
+            try:
+                self.session.run_with_iobinding(io, options)
+            except Exception as exc:
+                raise _RUN.mapped(exc) from exc
+            finally:
+                order.after(state)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _bind_error(self, slot: Slot, exc: Exception) -> Exception:
+        mapped = _BIND.mapped(exc)
+        if isinstance(mapped, BindRefusedError):
+            return RunError(
+                f"output {slot.name!r}: ONNX Runtime refused to bind it: {mapped.text}", kind="output", name=slot.name
+            )
+        return mapped
 
     def _collect(self, prepared: Prepared, transient: bool) -> list[tuple[tuple[int, ...], torch.Tensor | None]]:
         """Take over the outputs ORT allocated, through DLPack (float8: their shapes only)."""

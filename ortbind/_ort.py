@@ -152,7 +152,9 @@ class OrtCalls:
     """``with OrtCalls(phase):`` around calls into ORT maps what they raise to ortbind's errors.
 
     Stateless and reusable: one instance per phase serves every thread. Exceptions that did not
-    come from ORT (see :func:`from_ort`) and ortbind's own errors pass through untouched.
+    come from ORT (see :func:`from_ort`) and ortbind's own errors pass through untouched. The hot
+    paths (a run, a bind in the per-call loop) use the same mapping through ``try: ... except
+    Exception as exc: raise calls.mapped(exc) from exc``, which costs nothing until ORT raises.
 
     Args:
         phase: ``"create"``, ``"bind"`` or ``"run"``; a run's refusal of a caller's buffer becomes
@@ -170,13 +172,20 @@ class OrtCalls:
         return None
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        if exc is None or isinstance(exc, OrtbindError) or not from_ort(exc):
-            return
+        if exc is not None and isinstance(exc, Exception):
+            mapped = self.mapped(exc)
+            if mapped is not exc:
+                raise mapped from exc
+
+    def mapped(self, exc: Exception) -> Exception:
+        """The ortbind error for what an ORT call raised; ``exc`` itself when it did not come from ORT."""
+        if isinstance(exc, OrtbindError) or not from_ort(exc):
+            return exc
         text = _ort_text(exc)
         if self.phase == "bind":
-            raise BindRefusedError(f"ONNX Runtime refused to bind it: {text}", text=text) from exc
+            return BindRefusedError(f"ONNX Runtime refused to bind it: {text}", text=text)
         if self.phase == "run" and is_output_refusal(exc):
-            raise OutputRefusedError(
+            return OutputRefusedError(
                 f"ONNX Runtime failed during the run: {text}", refused=refused_output(exc), text=text
-            ) from exc
-        raise translate(exc, self.phase, subject=self.subject) from exc
+            )
+        return translate(exc, self.phase, subject=self.subject)
