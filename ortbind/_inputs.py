@@ -90,17 +90,17 @@ class InputChecker:
                 ):
                     address = value.data_ptr()
                     storage = value.untyped_storage()
+                    shape = value.shape
                     if not (
                         address != 0
                         and not address % align
                         and address + value.nbytes <= storage.data_ptr() + storage.nbytes()
                     ):
-                        value, address, _ = self.accept(index, value)
+                        value, address, shape = self.accept(index, value)
                 else:
-                    value, address, _ = self.accept(index, value)
+                    value, address, shape = self.accept(index, value)
             except RuntimeError:  # a functionalized, nested or other tensor without plain memory
-                value, address, _ = self.accept(index, value)
-            shape = value.shape
+                value, address, shape = self.accept(index, value)
             tensors.append(value)
             shapes.append(shape)
             if addresses is not None and (addresses[index] != address or binding.shapes[index] != shape):  # type: ignore[union-attr]
@@ -129,12 +129,13 @@ class InputChecker:
             ):
                 address = value.data_ptr()
                 storage = value.untyped_storage()
+                shape = value.shape
                 if (
                     address != 0
                     and not address % align
                     and address + value.nbytes <= storage.data_ptr() + storage.nbytes()
                 ):
-                    return value, address, value.shape
+                    return value, address, shape
         except RuntimeError:  # a functionalized, nested or other tensor without plain memory
             pass
         spec = self.specs[index]
