@@ -17,6 +17,7 @@ import onnxruntime as ort
 import torch
 
 from . import _binding
+from ._plan import INDEX, NAME, PASSTHROUGH, PREDICTED, SHAPE, Slot
 from .errors import ConfigError, InputError, OutputError, RunError, ShapeError
 
 if TYPE_CHECKING:
@@ -116,7 +117,7 @@ class BoundCall:
         """Plan and check the outputs for these inputs; binds nothing."""
         engine = self._engine
         plan = engine.plans.get(signature)
-        if not plan.verified and any(plan.slots[i].predicted for i in self._indices):
+        if not plan.verified and any(plan.slots[i][PREDICTED] for i in self._indices):
             plan = engine.verify(dict(zip(engine.inputs.names, tensors)), self._indices, signature)
         slots, buffers, shared = engine.outputs_for(
             plan, self._indices, tensors, self._out or None, None, self._share or None
@@ -160,7 +161,7 @@ class BoundCall:
                 held.append(_binding.hold("out", name, output))
         return _State(feeds, signature, plan, prepared, tuple(held), tuple(refresh), tuple(subclassed))
 
-    def _check_graph(self, slots: Sequence[Any], plan: Plan) -> None:
+    def _check_graph(self, slots: Sequence[Slot], plan: Plan) -> None:
         engine = self._engine
         for index in sorted(engine.host_inputs):
             name = engine.inputs.names[index]
@@ -173,18 +174,18 @@ class BoundCall:
             )
         for slot in slots:
             why = None
-            if slot.passthrough is not None:
+            if slot[PASSTHROUGH] is not None:
                 why = "it passes an input through, which ortbind copies per run"
-            elif slot.shape is None and slot.name not in self._out and slot.name not in self._share:
-                rule_reason = plan.entries[slot.index][2] or "no rule applies"
+            elif slot[SHAPE] is None and slot[NAME] not in self._out and slot[NAME] not in self._share:
+                rule_reason = plan.entries[slot[INDEX]][2] or "no rule applies"
                 why = f"its shape cannot be known before the run ({rule_reason})"
             if why is not None:
                 raise ShapeError(
-                    f"output {slot.name!r}: a CUDA-graph bound call needs every output at a fixed address, but {why}; "
-                    f"bind it with out={{{slot.name!r}: buffer}}, leave it out of output_names, or use a session "
+                    f"output {slot[NAME]!r}: a CUDA-graph bound call needs every output at a fixed address, but {why}; "
+                    f"bind it with out={{{slot[NAME]!r}: buffer}}, leave it out of output_names, or use a session "
                     f"without cuda_graph",
                     kind="output",
-                    name=slot.name,
+                    name=slot[NAME],
                 )
 
     def rebind(self, feeds: Mapping[str, torch.Tensor] | None = None, /, **more: torch.Tensor) -> None:

@@ -29,7 +29,7 @@ import torch.utils._python_dispatch
 from ._execute import Executor
 from ._inputs import InputChecker
 from ._outputs import OutputChecker, as_shape
-from ._plan import Plan, PlanCache, Signature, Slot
+from ._plan import NAME, Plan, PlanCache, Signature, Slot, fixed
 from ._runoptions import RunPolicy
 from ._shapes import OutputPlan
 from .errors import InputError, ShapeError
@@ -136,7 +136,7 @@ class Engine:
         if share is not None:
             shared = self.outputs.shared(share, slots, tensors, self.inputs.index) or None
             if shared:
-                slots = [s.fixed(tuple(tensors[shared[s.name]].shape)) if s.name in shared else s for s in slots]
+                slots = [fixed(s, tuple(tensors[shared[s[NAME]]].shape)) if s[NAME] in shared else s for s in slots]
         buffers = None
         if out is not None:
             names = [s.name for s in self.inputs.specs]

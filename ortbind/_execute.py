@@ -25,7 +25,24 @@ from ._binding import Binding, CudaStreamOrder, Held
 from ._inputs import InputChecker
 from ._metadata import ModelSpec
 from ._ort import BindRefusedError, OrtCalls, OutputRefusedError
-from ._plan import Plan, PlanCache, Signature, Slot
+from ._plan import (
+    DTYPE,
+    ELEM_TYPE,
+    EXPECTED,
+    INDEX,
+    NAME,
+    PASSTHROUGH,
+    PREDICTED,
+    PROBLEM,
+    REASON,
+    SHAPE,
+    SIZES,
+    Plan,
+    PlanCache,
+    Signature,
+    Slot,
+    loosened,
+)
 from ._shapes import format_shape
 from .errors import InputError, ModelError, OutputError, RunError, ShapeError
 
@@ -196,33 +213,33 @@ class Executor:
         slot: Slot | None = None
         try:
             for slot in slots:
-                name = slot.name
-                if slot.problem is not None:
+                name = slot[NAME]
+                if slot[PROBLEM] is not None:
                     raise ModelError(self.unsupported_message(name), kind="output", name=name)
                 buffer = buffers.get(name) if buffers else None
                 if shared and name in shared:
                     buffer = tensors[shared[name]]
-                if slot.passthrough is not None:
+                if slot[PASSTHROUGH] is not None:
                     prepared.passthrough.append((slot, buffer))
                     results[name] = buffer
                     continue
-                shape = slot.shape
+                shape = slot[SHAPE]
                 if buffer is None and shape is not None:
                     kept = keep.get(name) if keep else None
                     if kept is not None and kept.shape == shape:
                         buffer = kept
                     else:
-                        buffer = torch.empty(*slot.sizes, dtype=slot.dtype, **self.empty_kwargs)
-                if buffer is not None and buffer.numel() and (shape is not None or not slot.predicted):
+                        buffer = torch.empty(*slot[SIZES], dtype=slot[DTYPE], **self.empty_kwargs)
+                if buffer is not None and buffer.numel() and (shape is not None or not slot[PREDICTED]):
                     if keep is None:
                         with _BIND:
-                            io.bind_output(name, device, slot.elem_type, tuple(buffer.shape), buffer.data_ptr())
+                            io.bind_output(name, device, slot[ELEM_TYPE], tuple(buffer.shape), buffer.data_ptr())
                     else:  # a bound call's binding: skip an output it holds already
                         where = (buffer.data_ptr(), buffer.shape)
                         if binding.bound_outputs.get(name) != where:
                             binding.bound_outputs.pop(name, None)
                             with _BIND:
-                                io.bind_output(name, device, slot.elem_type, tuple(where[1]), where[0])
+                                io.bind_output(name, device, slot[ELEM_TYPE], tuple(where[1]), where[0])
                             binding.bound_outputs[name] = where
                     results[name] = buffer
                     written.append(buffer)
@@ -231,7 +248,7 @@ class Executor:
                 # ORT allocates: the shape is unknown ahead, the tensor is empty (torch gives
                 # empty tensors a null pointer, which ORT refuses to bind), or a prediction is
                 # being checked (a caller's buffer then receives a copy of what ORT produced).
-                if buffer is None and slot.expected is None and not self.dlpack_ok[slot.index]:
+                if buffer is None and slot[EXPECTED] is None and not self.dlpack_ok[slot[INDEX]]:
                     raise self.no_dlpack_error(slot)
                 binding.bound_outputs.pop(name, None)
                 with _BIND:
@@ -244,7 +261,7 @@ class Executor:
         except BindRefusedError as exc:
             assert slot is not None
             raise RunError(
-                f"output {slot.name!r}: ONNX Runtime refused to bind it: {exc.text}", kind="output", name=slot.name
+                f"output {slot[NAME]!r}: ONNX Runtime refused to bind it: {exc.text}", kind="output", name=slot[NAME]
             ) from exc.__cause__
         prepared.written = tuple(written)
         prepared.bound = position
@@ -255,14 +272,13 @@ class Executor:
         return f"output {name!r}: {spec.unsupported}; request the other outputs with run(feeds, output_names=[...])"
 
     def no_dlpack_error(self, slot: Slot) -> ShapeError:
-        spec = self.spec.outputs[slot.index]
+        spec = self.spec.outputs[slot[INDEX]]
         return ShapeError(
-            f"output {slot.name!r}: its shape cannot be resolved before the run ({slot.reason or 'no rule applies'}), "
-            f"and ONNX Runtime cannot hand "
-            f"{spec.elem_type_name} tensors over through DLPack; pass output_shapes={{{slot.name!r}: (...)}} "
-            f"or out={{{slot.name!r}: buffer}}",
+            f"output {slot[NAME]!r}: its shape cannot be resolved before the run "
+            f"({slot[REASON] or 'no rule applies'}), and ONNX Runtime cannot hand {spec.elem_type_name} tensors "
+            f"over through DLPack; pass output_shapes={{{slot[NAME]!r}: (...)}} or out={{{slot[NAME]!r}: buffer}}",
             kind="output",
-            name=slot.name,
+            name=slot[NAME],
         )
 
     # ------------------------------------------------------------------ executing
@@ -284,13 +300,13 @@ class Executor:
         io, device, empty, kwargs = binding.io, self.ort_device, torch.empty, self.empty_kwargs
         results: dict[str, torch.Tensor] = {}
         for slot in plan.slots:
-            tensor = empty(*slot.sizes, dtype=slot.dtype, **kwargs)
+            tensor = empty(*slot[SIZES], dtype=slot[DTYPE], **kwargs)
             try:
-                io.bind_output(slot.name, device, slot.elem_type, slot.shape, tensor.data_ptr())
+                io.bind_output(slot[NAME], device, slot[ELEM_TYPE], slot[SHAPE], tensor.data_ptr())
             except Exception as exc:
                 self.drop_thread_binding()
                 raise self._bind_error(slot, exc) from exc
-            results[slot.name] = tensor
+            results[slot[NAME]] = tensor
         try:
             self._run(io, tensors, (), options, asynchronous)
         except OutputRefusedError as refusal:
@@ -383,17 +399,17 @@ class Executor:
                     io, device = prepared.binding.io, self.ort_device
                     with _BIND:
                         for _, slot, _ in prepared.pending:
-                            io.bind_output(slot.name, device)  # ORT would write into its last allocation
+                            io.bind_output(slot[NAME], device)  # ORT would write into its last allocation
                 produced = self._run_prepared(prepared, options, asynchronous, transient)
             except OutputRefusedError as refusal:
                 if transient:
                     self.drop_thread_binding()
-                loosen = [s for s in prepared.slots if s.shape is not None and s.predicted]
+                loosen = [s for s in prepared.slots if s[SHAPE] is not None and s[PREDICTED]]
                 if first is not None or not loosen or not retry:
                     raise self._failed(refusal, first, prepared) from refusal.__cause__
                 first = refusal
                 _log.debug("ORT refused a predicted output buffer (%s); rerunning with ORT allocating it", refusal.text)
-                self._reprepare(prepared, [s.loosened() if s in loosen else s for s in prepared.slots])
+                self._reprepare(prepared, [loosened(s) if s in loosen else s for s in prepared.slots])
                 continue
             except RunError:
                 if transient:
@@ -407,25 +423,25 @@ class Executor:
             shape_only: list[int] = []
             results = dict(prepared.results)
             for (_, slot, buffer), (shape, value) in zip(prepared.pending, produced):
-                if slot.predicted and slot.expected is not None:
-                    observed[slot.index] = shape
+                if slot[PREDICTED] and slot[EXPECTED] is not None:
+                    observed[slot[INDEX]] = shape
                 if value is None:  # float8: ORT can hand over its shape only
-                    shape_only.append(slot.index)
+                    shape_only.append(slot[INDEX])
                     continue
-                results[slot.name] = self._deliver(slot, buffer, shape, value)
+                results[slot[NAME]] = self._deliver(slot, buffer, shape, value)
             if first is not None:
                 plan = self.plans.learn(signature, plan, observed, refused=first.refused, refusal=True)
             elif not plan.verified and observed:
                 plan = self.plans.learn(signature, plan, observed)
             if shape_only:
                 # Only the shapes came back; the plan now knows them: bind buffers and run again.
-                verified = {s.index: s for s in plan.slots}
-                self._reprepare(prepared, [verified[s.index] if s.index in shape_only else s for s in prepared.slots])
+                verified = {s[INDEX]: s for s in plan.slots}
+                self._reprepare(prepared, [verified[s[INDEX]] if s[INDEX] in shape_only else s for s in prepared.slots])
                 continue
             break
         for slot, target in prepared.passthrough:
-            source = prepared.tensors[slot.passthrough]  # type: ignore[index]
-            results[slot.name] = source.clone() if target is None else target.copy_(source)
+            source = prepared.tensors[slot[PASSTHROUGH]]  # type: ignore[index]
+            results[slot[NAME]] = source.clone() if target is None else target.copy_(source)
         if prepared.written and (prepared.buffers or prepared.shared or not transient):
             _increment_version(prepared.written)
         return results, plan
@@ -489,7 +505,7 @@ class Executor:
         mapped = _BIND.mapped(exc)
         if isinstance(mapped, BindRefusedError):
             return RunError(
-                f"output {slot.name!r}: ONNX Runtime refused to bind it: {mapped.text}", kind="output", name=slot.name
+                f"output {slot[NAME]!r}: ONNX Runtime refused to bind it: {mapped.text}", kind="output", name=slot[NAME]
             )
         return mapped
 
@@ -502,7 +518,7 @@ class Executor:
             for position, slot, _ in prepared.pending:
                 value = values[position]
                 shape = tuple(value.shape())
-                handover = self.dlpack_ok[slot.index] and all(shape)
+                handover = self.dlpack_ok[slot[INDEX]] and all(shape)
                 got.append((shape, value.to_dlpack() if handover else None))
             del values
             if transient:
@@ -514,13 +530,13 @@ class Executor:
         produced: list[tuple[tuple[int, ...], torch.Tensor | None]] = []
         cloned = False
         for (shape, capsule), (_, slot, _) in zip(got, prepared.pending):
-            if capsule is None and not self.dlpack_ok[slot.index] and all(shape):
-                if not slot.predicted or slot.expected is None:
+            if capsule is None and not self.dlpack_ok[slot[INDEX]] and all(shape):
+                if not slot[PREDICTED] or slot[EXPECTED] is None:
                     raise self.no_dlpack_error(slot)
                 produced.append((shape, None))
                 continue
-            assert slot.dtype is not None
-            tensor = _binding.from_capsule(capsule, shape, slot.dtype, self.device)
+            assert slot[DTYPE] is not None
+            tensor = _binding.from_capsule(capsule, shape, slot[DTYPE], self.device)
             if self.lock is not None and capsule is not None:
                 # In a CUDA-graph session ORT's arena blocks are shared with captured graphs, whose
                 # replays write into them without allocating: hand over a copy in torch's memory.
@@ -541,10 +557,10 @@ class Executor:
             return value
         if shape != tuple(buffer.shape):
             raise ShapeError(
-                f"out {slot.name!r}: the run produced shape {format_shape(shape)}, not the expected "
+                f"out {slot[NAME]!r}: the run produced shape {format_shape(shape)}, not the expected "
                 f"{format_shape(buffer.shape)}",
                 kind="out",
-                name=slot.name,
+                name=slot[NAME],
             )
         if buffer.numel():  # a prediction being checked: ORT wrote its own memory
             buffer.copy_(value)

@@ -14,7 +14,7 @@ import torch
 
 from . import _binding
 from ._metadata import ModelSpec
-from ._plan import PlanCache, Slot
+from ._plan import EXPECTED, INDEX, NAME, PASSTHROUGH, PROBLEM, PlanCache, Slot, fixed
 from ._shapes import format_dims, format_shape
 from .errors import DTypeError, InputError, ModelError, OrtbindError, OutputError, ShapeError
 
@@ -103,7 +103,7 @@ class OutputChecker:
                 sequence of sizes, has another rank than declared, or is beyond ``max_output_bytes``.
         """
         shapes = _mapping(output_shapes, "output_shapes", "output", ShapeError, "output name -> shape")
-        wanted = {s.name for s in slots}
+        wanted = {s[NAME] for s in slots}
         for name in shapes:
             if name not in wanted:
                 raise ShapeError(
@@ -114,20 +114,20 @@ class OutputChecker:
                 )
         result = []
         for slot in slots:
-            dims = shapes.get(slot.name)
+            dims = shapes.get(slot[NAME])
             if dims is None:
                 result.append(slot)
                 continue
             shape = as_shape(dims)
             if shape is None:
                 raise ShapeError(
-                    f"output_shapes[{slot.name!r}]: expected a sequence of ints in [0, 2**63), got {dims!r}",
+                    f"output_shapes[{slot[NAME]!r}]: expected a sequence of ints in [0, 2**63), got {dims!r}",
                     kind="output",
-                    name=slot.name,
+                    name=slot[NAME],
                 )
-            self._check_rank(f"output_shapes[{slot.name!r}]", slot.index, shape, "output")
-            self.plans.check_override(slot.index, shape)
-            result.append(slot.fixed(shape))
+            self._check_rank(f"output_shapes[{slot[NAME]!r}]", slot[INDEX], shape, "output")
+            self.plans.check_override(slot[INDEX], shape)
+            result.append(fixed(slot, shape))
         return result
 
     def _check_rank(self, where: str, index: int, shape: Sequence[int], kind: str) -> None:
@@ -159,7 +159,7 @@ class OutputChecker:
             ShapeError: The input's rank is not the output's declared rank.
         """
         pairs = _mapping(share, "share", "output", OutputError, "output name -> input name")
-        by_name = {s.name: s for s in slots}
+        by_name = {s[NAME]: s for s in slots}
         result: dict[str, int] = {}
         for output, source in pairs.items():
             slot = by_name.get(output) if isinstance(output, str) else None
@@ -179,7 +179,7 @@ class OutputChecker:
                     kind="input",
                     name=str(source),
                 )
-            if slot.passthrough is not None:
+            if slot[PASSTHROUGH] is not None:
                 raise OutputError(
                     f"share[{output!r}]: it is the input {source!r} itself (a pass-through output); leave it out",
                     kind="output",
@@ -192,7 +192,7 @@ class OutputChecker:
                     kind="output",
                     name=output,
                 )
-            spec = self.spec.outputs[slot.index]
+            spec = self.spec.outputs[slot[INDEX]]
             tensor = tensors[index]
             if spec.dtype is not tensor.dtype:
                 raise DTypeError(
@@ -201,7 +201,7 @@ class OutputChecker:
                     kind="output",
                     name=output,
                 )
-            self._check_rank(f"share[{output!r}]", slot.index, tensor.shape, "output")
+            self._check_rank(f"share[{output!r}]", slot[INDEX], tensor.shape, "output")
             if tensor.device != self.device:
                 raise InputError(
                     f"share[{output!r}]: input {source!r} is in host memory of a CUDA session, where ORT does not "
@@ -236,7 +236,7 @@ class OutputChecker:
             ShapeError: A shape other than the output's for these inputs, or another rank than declared.
         """
         given = _mapping(out, "out", "out", OutputError, "output name -> tensor")
-        by_name = {s.name: s for s in slots}
+        by_name = {s[NAME]: s for s in slots}
         buffers: dict[str, torch.Tensor] = {}
         for name, value in given.items():
             slot = by_name.get(name) if isinstance(name, str) else None
@@ -257,8 +257,8 @@ class OutputChecker:
                     kind="out",
                     name=name,
                 )
-            spec = self.spec.outputs[slot.index]
-            if slot.problem:
+            spec = self.spec.outputs[slot[INDEX]]
+            if slot[PROBLEM]:
                 raise ModelError(
                     f"output {name!r}: {spec.unsupported}; "
                     f"request the other outputs with run(feeds, output_names=[...])",
@@ -266,10 +266,10 @@ class OutputChecker:
                     name=name,
                 )
             # A pass-through output is the input itself: its buffer must have the input's shape.
-            expected = tensors[slot.passthrough].shape if slot.passthrough is not None else slot.expected
+            expected = tensors[slot[PASSTHROUGH]].shape if slot[PASSTHROUGH] is not None else slot[EXPECTED]
             buffer = _binding.check_out_buffer(name, spec, value, self.device, expected)
             if expected is None:
-                self._check_rank(f"out {name!r}", slot.index, buffer.shape, "out")
+                self._check_rank(f"out {name!r}", slot[INDEX], buffer.shape, "out")
             buffers[name] = buffer
         _binding.check_no_overlap(buffers.items(), zip(input_names, tensors))
         return buffers

@@ -22,7 +22,30 @@ from ._metadata import TensorSpec
 from ._shapes import InferFn, OutputPlan, Rule, Shape, ShapeProgram, format_dims, format_shape
 from .errors import ShapeError
 
-__all__ = ["DEFAULT_SIZE", "Plan", "PlanCache", "Signature", "Slot", "device_capacity"]
+__all__ = [
+    "DEFAULT_SIZE",
+    "DTYPE",
+    "ELEM_TYPE",
+    "EXPECTED",
+    "INDEX",
+    "NAME",
+    "PASSTHROUGH",
+    "PREDICTED",
+    "PROBLEM",
+    "REASON",
+    "SHAPE",
+    "SIZES",
+    "Plan",
+    "PlanCache",
+    "Signature",
+    "Slot",
+    "device_capacity",
+    "fixed",
+    "loosened",
+    "make_slot",
+]
+
+OVERRIDE, DECLARED, INFERRED, ORT = (rule.value for rule in (Rule.OVERRIDE, Rule.DECLARED, Rule.INFERRED, Rule.ORT))
 
 _log = logging.getLogger("ortbind")
 
@@ -33,112 +56,105 @@ Signature = tuple[torch.Size, ...]
 """The shapes of a call's inputs, in the model's input order."""
 
 
-class Slot:
-    """One output of one call, worked out ahead: how it is allocated and bound.
+Slot = tuple[
+    int,
+    str,
+    int,
+    "torch.dtype | None",
+    "Shape | None",
+    "Shape | None",
+    bool,
+    "int | None",
+    "str | None",
+    str,
+    "tuple[Any, ...]",
+]
+"""One output of one call, worked out ahead: how it is allocated and bound.
 
-    The common output has ``shape`` set and nothing else to do: ortbind allocates it and binds it
-    by pointer. Every other case (ORT allocates, an empty tensor, a pass-through, an unsupported
-    type, a prediction still to be checked) has ``shape=None`` and takes the longer branch.
+A plain tuple, read through the index constants below: a session keeps thousands of plans, and a
+tuple of ints, strings and dtypes is invisible to Python's garbage collector where an object is
+not (objects made a decoder's new-signature cost several times its planning cost in collections).
 
-    Attributes:
-        index: Position among the model's outputs.
-        name: Its name.
-        elem_type: ONNX element type int, as bound.
-        dtype: Its torch dtype (``None`` for an output ortbind cannot bind).
-        shape: The non-empty shape ortbind allocates and binds, or ``None``.
-        expected: The shape the plan resolved (what an ``out=`` buffer must have and what a
-            verifying run compares against), or ``None`` when it is unknown ahead.
-        predicted: ``expected`` comes from declared dims or inference (rules b/c), so ORT may
-            refuse it; a refusal reruns the call with ORT allocating this output.
-        passthrough: Index of the input this output is (a graph output named like an input), or
-            ``None``. ORT neither writes a bound buffer for it nor copies it when it allocates.
-        problem: Why it cannot be produced (an unsupported type), or ``None``.
-        reason: Why no earlier rule gave its shape (for messages about rule d).
-        sizes: What ``torch.empty(*sizes)`` takes to allocate ``shape``.
-    """
+The common output has ``SHAPE`` set and nothing else to do: ortbind allocates it and binds it by
+pointer. Every other case (ORT allocates, an empty tensor, a pass-through, an unsupported type, a
+prediction still to be checked) has ``SHAPE`` ``None`` and takes the longer branch.
 
-    __slots__ = (
-        "dtype",
-        "elem_type",
-        "expected",
-        "index",
-        "name",
-        "passthrough",
-        "predicted",
-        "problem",
-        "reason",
-        "shape",
-        "sizes",
+Fields:
+    INDEX: Position among the model's outputs.
+    NAME: Its name.
+    ELEM_TYPE: ONNX element type int, as bound.
+    DTYPE: Its torch dtype (``None`` for an output ortbind cannot bind).
+    SHAPE: The non-empty shape ortbind allocates and binds, or ``None``.
+    EXPECTED: The shape the plan resolved (what an ``out=`` buffer must have and what a verifying
+        run compares against), or ``None`` when it is unknown ahead.
+    PREDICTED: ``EXPECTED`` comes from declared dims or inference (rules b/c), so ORT may refuse
+        it; a refusal reruns the call with ORT allocating this output.
+    PASSTHROUGH: Index of the input this output is (a graph output named like an input), or
+        ``None``. ORT neither writes a bound buffer for it nor copies it when it allocates.
+    PROBLEM: Why it cannot be produced (an unsupported type), or ``None``.
+    REASON: Why no earlier rule gave its shape (for messages about rule d).
+    SIZES: What ``torch.empty(*sizes)`` takes to allocate ``SHAPE`` (separate ints parse faster
+        than one tuple; a scalar's are ``((),)``).
+"""
+
+INDEX: Final = 0
+NAME: Final = 1
+ELEM_TYPE: Final = 2
+DTYPE: Final = 3
+SHAPE: Final = 4
+EXPECTED: Final = 5
+PREDICTED: Final = 6
+PASSTHROUGH: Final = 7
+PROBLEM: Final = 8
+REASON: Final = 9
+SIZES: Final = 10
+
+
+def make_slot(
+    index: int,
+    name: str,
+    elem_type: int,
+    dtype: torch.dtype | None,
+    shape: Shape | None,
+    expected: Shape | None,
+    predicted: bool,
+    passthrough: int | None,
+    problem: str | None,
+    reason: str = "",
+) -> Slot:
+    """A slot; ``SIZES`` derived from ``shape``."""
+    sizes: tuple[Any, ...] = (shape or ((),)) if shape is not None else ()
+    return (index, name, elem_type, dtype, shape, expected, predicted, passthrough, problem, reason, sizes)
+
+
+def loosened(slot: Slot) -> Slot:
+    """``slot`` with ORT allocating the output (a prediction to check, or one ORT refused)."""
+    if slot[PASSTHROUGH] is not None:
+        return slot
+    return (*slot[:SHAPE], None, *slot[EXPECTED:SIZES], ())
+
+
+def fixed(slot: Slot, shape: Shape) -> Slot:
+    """``slot`` with a shape the caller fixed (``output_shapes=`` for a call, or a shared buffer)."""
+    bindable = 0 not in shape and slot[PASSTHROUGH] is None and slot[PROBLEM] is None
+    return make_slot(
+        slot[INDEX],
+        slot[NAME],
+        slot[ELEM_TYPE],
+        slot[DTYPE],
+        shape if bindable else None,
+        shape,
+        False,
+        slot[PASSTHROUGH],
+        slot[PROBLEM],
     )
-
-    def __init__(
-        self,
-        index: int,
-        name: str,
-        elem_type: int,
-        dtype: torch.dtype | None,
-        shape: Shape | None,
-        expected: Shape | None,
-        predicted: bool,
-        passthrough: int | None,
-        problem: str | None,
-        reason: str = "",
-    ) -> None:
-        self.index = index
-        self.name = name
-        self.elem_type = elem_type
-        self.dtype = dtype
-        self.shape = shape
-        self.expected = expected
-        self.predicted = predicted
-        self.passthrough = passthrough
-        self.problem = problem
-        self.reason = reason
-        # torch.empty parses sizes given as separate ints faster than one tuple; a scalar's are ((),).
-        self.sizes: tuple[Any, ...] = (shape or ((),)) if shape is not None else ()
-
-    def loosened(self) -> Slot:
-        """This slot with ORT allocating the output (a prediction to check, or one ORT refused)."""
-        return (
-            Slot(
-                self.index,
-                self.name,
-                self.elem_type,
-                self.dtype,
-                None,
-                self.expected,
-                self.predicted,
-                None,
-                self.problem,
-            )
-            if self.passthrough is None
-            else self
-        )
-
-    def fixed(self, shape: Shape) -> Slot:
-        """This slot with a shape the caller fixed (``output_shapes=`` for a call, or a shared buffer)."""
-        bindable = 0 not in shape and self.passthrough is None and self.problem is None
-        return Slot(
-            self.index,
-            self.name,
-            self.elem_type,
-            self.dtype,
-            shape if bindable else None,
-            shape,
-            False,
-            self.passthrough,
-            self.problem,
-        )
-
-    def __repr__(self) -> str:
-        return f"Slot({self.name!r}, shape={self.shape}, expected={self.expected}, predicted={self.predicted})"
 
 
 class Plan:
     """Everything one input signature needs.
 
     Attributes:
-        entries: Per output ``(rule, shape, reason)``, what :attr:`outputs` reports.
+        entries: Per output ``(rule letter, shape, reason)``, what :meth:`outputs` reports.
         slots: One slot per model output, in model order.
         verified: Whether a run has confirmed the predicted shapes. Sessions on CUDA start
             unverified: there, an output computed on another device is copied into its bound
@@ -149,17 +165,17 @@ class Plan:
 
     __slots__ = ("entries", "simple", "slots", "verified")
 
-    def __init__(self, entries: tuple[tuple[Rule, Shape | None, str], ...], slots: tuple[Slot, ...], verified: bool):
+    def __init__(self, entries: tuple[tuple[str, Shape | None, str], ...], slots: tuple[Slot, ...], verified: bool):
         self.entries = entries
         self.slots = slots
         self.verified = verified
-        self.simple = all(s.shape is not None for s in slots)
+        self.simple = all(s[SHAPE] is not None for s in slots)
         """Every output is allocated by ortbind and bound by pointer (the common plain call)."""
 
     def outputs(self) -> tuple[OutputPlan, ...]:
         """One :class:`~ortbind.OutputPlan` per output, in model order."""
         return tuple(
-            OutputPlan(s.name, rule, shape, reason) for s, (rule, shape, reason) in zip(self.slots, self.entries)
+            OutputPlan(s[NAME], Rule(rule), shape, reason) for s, (rule, shape, reason) in zip(self.slots, self.entries)
         )
 
 
@@ -254,40 +270,30 @@ class PlanCache:
 
     def _make(self, signature: Signature) -> Plan:
         entries = self._program.resolve(signature, self._counted_infer if self._infer is not None else None)
-        distrusted = self._distrusted
-        for index in distrusted:
-            if entries[index][0] is Rule.DECLARED:
-                entries[index] = (Rule.ORT, None, "its declared dims proved wrong for an earlier input signature")
-        limit = self.max_output_bytes
-        for index, (rule, shape, _) in enumerate(entries):
-            if shape is None:
-                continue
-            size = self._static[index][6]
-            for dim in shape:
-                size *= dim
-            if size > limit:
-                entries[index] = self._beyond_limit(index, rule, shape, size)
-        return self._store(signature, tuple(entries), verified=not self._verify)
+        for index in self._distrusted:
+            if entries[index][0] == DECLARED:
+                entries[index] = (ORT, None, "its declared dims proved wrong for an earlier input signature")
+        return self._store(signature, entries, verified=not self._verify)
 
     def _counted_infer(self, shapes: Mapping[str, Shape]) -> Mapping[str, tuple[int | None, ...] | None]:
         self.inferences += 1
         assert self._infer is not None
         return self._infer(shapes)
 
-    def _beyond_limit(self, index: int, rule: Rule, shape: Shape, size: int) -> tuple[Rule, None, str]:
+    def _beyond_limit(self, index: int, rule: str, shape: Shape, size: int) -> tuple[str, None, str]:
         spec = self._specs[index]
         reason = (
             f"shape {format_shape(shape)} (declared {format_dims(spec.dims)}) needs {_format_bytes(size)}, "
             f"more than max_output_bytes ({_format_bytes(self.max_output_bytes)})"
         )
-        if rule is Rule.OVERRIDE:
+        if rule == OVERRIDE:
             raise ShapeError(
                 f"output_shapes[{spec.name!r}]: {reason}; pass a smaller shape or raise max_output_bytes",
                 kind="output",
                 name=spec.name,
             )
         _log.info("output %r: %s; ORT allocates it", spec.name, reason)
-        return Rule.ORT, None, reason
+        return ORT, None, reason
 
     def check_override(self, index: int, shape: Shape) -> None:
         """Raise :class:`~ortbind.ShapeError` if a per-call ``output_shapes`` entry is beyond the limit."""
@@ -295,42 +301,51 @@ class PlanCache:
         for dim in shape:
             size *= dim
         if size > self.max_output_bytes:
-            self._beyond_limit(index, Rule.OVERRIDE, shape, size)
+            self._beyond_limit(index, OVERRIDE, shape, size)
 
-    def _store(
-        self, signature: Signature, entries: tuple[tuple[Rule, Shape | None, str], ...], *, verified: bool
-    ) -> Plan:
+    def _store(self, signature: Signature, entries: list[tuple[str, Shape | None, str]], *, verified: bool) -> Plan:
+        """The plan for ``entries`` (outputs beyond the size limit moved to rule d), kept as the most recent."""
         slots = []
-        for (index, name, elem_type, dtype, passthrough, problem, _), (rule, shape, reason) in zip(
-            self._static, entries
-        ):
-            predicted = rule is Rule.DECLARED or rule is Rule.INFERRED
-            bindable = (
+        limit = self.max_output_bytes
+        for index, name, elem_type, dtype, passthrough, problem, itemsize in self._static:
+            rule, shape, reason = entries[index]
+            if shape is not None:
+                size = itemsize
+                for dim in shape:
+                    size *= dim
+                if size > limit:
+                    rule, shape, reason = entries[index] = self._beyond_limit(index, rule, shape, size)
+            predicted = rule in (DECLARED, INFERRED)
+            bind = (
                 shape is not None
                 and 0 not in shape
                 and passthrough is None
                 and problem is None
                 and (verified or not predicted)  # an unverified prediction is checked by letting ORT allocate
             )
+            sizes = (shape or ((),)) if bind else ()
             slots.append(
-                Slot(
+                (
                     index,
                     name,
                     elem_type,
                     dtype,
-                    shape if bindable else None,
+                    shape if bind else None,
                     shape,
                     predicted,
                     passthrough,
                     problem,
                     reason,
+                    sizes,
                 )
             )
-        plan = Plan(entries, tuple(slots), verified)
+        plan = Plan(tuple(entries), tuple(slots), verified)
+        # Keyed by plain tuples: torch.Size objects would be kept alive and tracked by the collector.
+        key = tuple(map(tuple, signature))
         with self._lock:
             plans = self._plans
-            plans[signature] = plan
-            plans.move_to_end(signature)
+            plans[key] = plan  # type: ignore[index]
+            plans.move_to_end(key)  # type: ignore[arg-type]
             while len(plans) > self._size:
                 plans.popitem(last=False)
         return plan
@@ -363,25 +378,25 @@ class PlanCache:
             for index, shape in observed.items():
                 if refused is None or self._static[index][1] == refused:
                     entries[index] = (
-                        Rule.ORT,
+                        ORT,
                         None,
                         f"ONNX Runtime refuses a caller-allocated buffer of the right shape "
                         f"{format_shape(shape)} for it",
                     )
-            return self._store(signature, tuple(entries), verified=True)
+            return self._store(signature, entries, verified=True)
         distrust = set()
         for index, actual in wrong.items():
             rule, expected, _ = entries[index]
             assert expected is not None
             reason = (
-                f"{'declared' if rule is Rule.DECLARED else 'inferred'} shape {format_shape(expected)} proved wrong "
+                f"{'declared' if rule == DECLARED else 'inferred'} shape {format_shape(expected)} proved wrong "
                 f"at run time (ORT produced {format_shape(actual)})"
             )
             _log.info("output %r: %s; ORT allocates it for this input signature", self._static[index][1], reason)
-            entries[index] = (Rule.ORT, None, reason)
-            if rule is Rule.DECLARED:
+            entries[index] = (ORT, None, reason)
+            if rule == DECLARED:
                 distrust.add(index)
         if distrust:
             with self._lock:
                 self._distrusted = self._distrusted | distrust
-        return self._store(signature, tuple(entries), verified=True)
+        return self._store(signature, entries, verified=True)

@@ -55,6 +55,8 @@ class Rule(enum.Enum):
         return f"({self.value}) {_RULE_WORDS[self]}"
 
 
+_OVERRIDE, _DECLARED, _INFERRED, _ORT = "a", "b", "c", "d"  # Rule values, for tuples that hold no objects
+
 _RULE_WORDS: Final = {
     Rule.OVERRIDE: "override",
     Rule.DECLARED: "declared",
@@ -165,14 +167,14 @@ class ShapeProgram:
             overridden[name] = self._check_override(name, given)
         self._overrides = overridden
         # Outputs whose dims read the same are resolved together: (rule, compiled dims, indices).
-        groups: dict[tuple[bool, tuple[Dim, ...] | None], tuple[Rule, _Compiled | None, list[int]]] = {}
+        groups: dict[tuple[bool, tuple[Dim, ...] | None], tuple[str, _Compiled | None, list[int]]] = {}
         for index, name in enumerate(self.output_names):
             if name in overridden:
                 key: tuple[bool, tuple[Dim, ...] | None] = (True, tuple(_text(d) for d in overridden[name]))
-                groups.setdefault(key, (Rule.OVERRIDE, overridden[name], []))[2].append(index)
+                groups.setdefault(key, (_OVERRIDE, overridden[name], []))[2].append(index)
             else:
                 dims = self.output_dims[index]
-                groups.setdefault((False, dims), (Rule.DECLARED, _compile(dims), []))[2].append(index)
+                groups.setdefault((False, dims), (_DECLARED, _compile(dims), []))[2].append(index)
         self._groups = tuple((rule, compiled, tuple(indices)) for rule, compiled, indices in groups.values())
 
     @classmethod
@@ -312,12 +314,16 @@ class ShapeProgram:
         """
         names = self.output_names
         return tuple(
-            OutputPlan(names[i], rule, shape, reason)
+            OutputPlan(names[i], Rule(rule), shape, reason)
             for i, (rule, shape, reason) in enumerate(self.resolve(shapes, infer))
         )
 
-    def resolve(self, shapes: InputShapes, infer: InferFn | None = None) -> list[tuple[Rule, Shape | None, str]]:
-        """:meth:`plan` as ``(rule, shape, reason)`` per output: the same answer, without objects."""
+    def resolve(self, shapes: InputShapes, infer: InferFn | None = None) -> list[tuple[str, Shape | None, str]]:
+        """:meth:`plan` as ``(rule, shape, reason)`` per output, the rule as its letter (``Rule.value``).
+
+        The same answer without objects: plans are cached by the thousand, and tuples of strings
+        and ints cost Python's garbage collector nothing.
+        """
         for index, rank, fixed in self._checks:
             shape = shapes[index]
             if shape is None:
@@ -333,20 +339,20 @@ class ShapeProgram:
             raise ShapeError(self.conflict_message(symbol, uses), kind="input", name=uses[0][0])
         env = binding.env
         memo: dict[str, int | None] = {}
-        results: list[tuple[Rule, Shape | None, str]] = [(Rule.ORT, None, "")] * len(self.output_names)
+        results: list[tuple[str, Shape | None, str]] = [(_ORT, None, "")] * len(self.output_names)
         unresolved: list[int] = []
         for rule, compiled, indices in self._groups:
             if compiled is None:
                 shape, why = None, "declared rank unknown"
             else:
                 shape, why = _evaluate(compiled, env, binding, memo)
-            if shape is None and rule is Rule.OVERRIDE:
+            if shape is None and rule == _OVERRIDE:
                 raise ShapeError(
                     f"output_shapes[{self.output_names[indices[0]]!r}]: cannot evaluate it: {why}",
                     kind="output",
                     name=self.output_names[indices[0]],
                 )
-            entry = (rule, shape, "") if shape is not None else (Rule.ORT, None, why)
+            entry = (rule, shape, "") if shape is not None else (_ORT, None, why)
             for index in indices:
                 results[index] = entry
             if shape is None:
@@ -358,9 +364,9 @@ class ShapeProgram:
                 dims = inferred.get(self.output_names[index])
                 sizes = tuple(d for d in dims or () if d is not None and 0 <= d < MAX_DIM)
                 if dims is not None and len(sizes) == len(dims):
-                    results[index] = (Rule.INFERRED, sizes, why)
+                    results[index] = (_INFERRED, sizes, why)
                 else:
-                    results[index] = (Rule.ORT, None, why + "; shape inference could not tell")
+                    results[index] = (_ORT, None, why + "; shape inference could not tell")
         return results
 
 
