@@ -278,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     print("Planning a new input signature (resolve_shapes), µs; best of the rounds:")
     plans = planning(args.repeat)
     for label, (novel, seen) in plans.items():
-        print(f"  {label:<28} new {novel:7.2f}   seen {seen:6.2f}")
+        print(f"  {label:<28} new {novel:7.2f}   seen {seen:6.2f}   planning (new - seen) {novel - seen:7.2f}")
     slope = (plans["[a, 'b + c'] x 64"][0] - plans["[a, 'b + c'] x 8"][0]) / 56
     print()
     print("Targets on Add [1,16]:")

@@ -155,7 +155,7 @@ class Engine:
                 f"input_shapes: expected a mapping of input name -> shape, got {type(input_shapes).__name__}",
                 kind="input",
             )
-        shapes: list[torch.Size] = []
+        shapes: list[tuple[int, ...]] = []
         for spec in self.inputs.specs:
             if spec.name not in input_shapes:
                 raise InputError(
@@ -171,10 +171,11 @@ class Engine:
                     kind="input",
                     name=spec.name,
                 )
-            shapes.append(torch.Size(shape))
-        for name in input_shapes:
-            self.inputs.require(name)
-        plan = self.plans.get(tuple(shapes))
+            shapes.append(shape)
+        if len(input_shapes) != len(shapes):
+            for name in input_shapes:
+                self.inputs.require(name)
+        plan = self.plans.get(tuple(shapes))  # type: ignore[arg-type]  # tuples hash and compare as torch.Size
         return {p.name: p for p in plan.outputs()}
 
     def check_feeds_mapping(self, feeds: object, what: str) -> Mapping[str, Any]:

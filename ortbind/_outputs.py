@@ -21,8 +21,17 @@ from .errors import DTypeError, InputError, ModelError, OrtbindError, OutputErro
 __all__ = ["OutputChecker", "as_shape"]
 
 
+_INT64 = 1 << 63
+
+
 def as_shape(dims: object) -> tuple[int, ...] | None:
     """``dims`` as a tuple of ints in ``[0, 2**63)`` (numpy and torch ints accepted), or ``None``."""
+    if type(dims) is tuple:  # the common case, without a generator (resolve_shapes is in decoder loops)
+        for dim in dims:
+            if type(dim) is not int or not 0 <= dim < _INT64:
+                break
+        else:
+            return dims
     if isinstance(dims, (str, bytes)) or not isinstance(dims, Sequence | torch.Size):
         return None
     shape = []

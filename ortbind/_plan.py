@@ -19,7 +19,7 @@ from typing import Any, Final
 import torch
 
 from ._metadata import TensorSpec
-from ._shapes import InferFn, OutputPlan, Rule, Shape, ShapeProgram, format_dims, format_shape
+from ._shapes import RULES, InferFn, OutputPlan, Rule, Shape, ShapeProgram, format_dims, format_shape
 from .errors import ShapeError
 
 __all__ = [
@@ -173,9 +173,10 @@ class Plan:
         """Every output is allocated by ortbind and bound by pointer (the common plain call)."""
 
     def outputs(self) -> tuple[OutputPlan, ...]:
-        """One :class:`~ortbind.OutputPlan` per output, in model order."""
+        """One :class:`~ortbind.OutputPlan` per output, in model order (made on each call: plans are many)."""
         return tuple(
-            OutputPlan(s[NAME], Rule(rule), shape, reason) for s, (rule, shape, reason) in zip(self.slots, self.entries)
+            OutputPlan(s[NAME], RULES[rule], shape, reason)
+            for s, (rule, shape, reason) in zip(self.slots, self.entries)
         )
 
 

@@ -12,14 +12,16 @@ Everything here is pure: no ONNX Runtime, no torch, so it is tested on its own.
 from __future__ import annotations
 
 import enum
+import operator
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import Final, NamedTuple, Protocol
 
 from ._dimexpr import MAX_DIM, Dim, DimExpr, Shape, format_dims, format_shape, parse_dim
 from .errors import ShapeError
 
 __all__ = [
+    "RULES",
     "Dim",
     "DimExpr",
     "InputShapes",
@@ -55,6 +57,9 @@ class Rule(enum.Enum):
         return f"({self.value}) {_RULE_WORDS[self]}"
 
 
+RULES: Final = {rule.value: rule for rule in Rule}
+"""Rule letter -> Rule (a dict lookup; ``Rule(letter)`` costs several times more)."""
+
 _OVERRIDE, _DECLARED, _INFERRED, _ORT = "a", "b", "c", "d"  # Rule values, for tuples that hold no objects
 
 _RULE_WORDS: Final = {
@@ -65,8 +70,7 @@ _RULE_WORDS: Final = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class OutputPlan:
+class OutputPlan(NamedTuple):
     """How one output is allocated for one input signature.
 
     Attributes:
@@ -150,12 +154,16 @@ class ShapeProgram:
         self.output_dims = tuple(None if d is None else tuple(d) for d in output_dims)
         self.strict = strict
         self.input_symbols = frozenset(d for dims in self.input_dims if dims for d in dims if isinstance(d, str))
-        # Per input: (index, rank, ((axis, size), ...) of fixed dims); inputs of unknown rank are skipped.
-        self._checks = tuple(
-            (i, len(dims), tuple((axis, d) for axis, d in enumerate(dims) if isinstance(d, int) and d >= 0))
-            for i, dims in enumerate(self.input_dims)
-            if dims is not None
-        )
+        # Per input of known rank: (index, rank, a getter of its fixed dims or None, their sizes).
+        checks = []
+        for i, dims in enumerate(self.input_dims):
+            if dims is None:
+                continue
+            axes = [axis for axis, d in enumerate(dims) if isinstance(d, int) and d >= 0]
+            sizes = tuple(dims[axis] for axis in axes)
+            getter = operator.itemgetter(*axes) if axes else None
+            checks.append((i, len(dims), getter, sizes if len(axes) != 1 else sizes[0]))
+        self._checks = tuple(checks)
         uses: dict[str, list[tuple[int, int]]] = {}
         for i, dims in enumerate(self.input_dims):
             for axis, d in enumerate(dims or ()):
@@ -314,7 +322,7 @@ class ShapeProgram:
         """
         names = self.output_names
         return tuple(
-            OutputPlan(names[i], Rule(rule), shape, reason)
+            OutputPlan(names[i], RULES[rule], shape, reason)
             for i, (rule, shape, reason) in enumerate(self.resolve(shapes, infer))
         )
 
@@ -324,15 +332,10 @@ class ShapeProgram:
         The same answer without objects: plans are cached by the thousand, and tuples of strings
         and ints cost Python's garbage collector nothing.
         """
-        for index, rank, fixed in self._checks:
+        for index, rank, getter, sizes in self._checks:
             shape = shapes[index]
-            if shape is None:
-                continue
-            if len(shape) != rank:
-                self.check_input(index, tuple(shape))
-            for axis, size in fixed:
-                if shape[axis] != size:
-                    self.check_input(index, tuple(shape))
+            if shape is not None and (len(shape) != rank or (getter is not None and getter(shape) != sizes)):
+                self.check_input(index, tuple(shape))  # raises, saying which dim
         binding = self.bind_symbols(shapes)
         if self.strict and binding.conflicts:
             symbol, uses = next(iter(binding.conflicts.items()))
