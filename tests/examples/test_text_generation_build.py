@@ -352,6 +352,25 @@ def test_genai_export_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch, tm
     assert not (tmp_path / "out").exists()
 
 
+def test_genai_export_refuses_a_model_the_builder_would_get_wrong(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The builder (0.18) takes any linear layer with vocab_size outputs for the LM head."""
+    monkeypatch.setattr(export_module, "genai_available", lambda: True)
+    source = tmp_path / "src"
+    source.mkdir()
+    config = {"vocab_size": 512, "hidden_size": 64, "intermediate_size": 512, "num_attention_heads": 4}
+    (source / "config.json").write_text(json.dumps({**config, "num_key_value_heads": 2}))
+    with pytest.raises(ValueError) as caught:
+        export_decoder(source, tmp_path / "out", layout="genai")
+    assert str(caught.value) == (
+        f"{source / 'config.json'}: intermediate_size equals vocab_size (512): onnxruntime-genai's model builder "
+        "takes every linear layer with vocab_size outputs for the LM head and would export wrong logits; "
+        "use another width or vocabulary size"
+    )
+    assert not (tmp_path / "out").exists()
+
+
 def test_export_refuses_an_unknown_layout(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"^layout: expected one of optimum, genai, torch, got 'onnx'$"):
         export_decoder(tmp_path, tmp_path / "out", layout="onnx")  # type: ignore[arg-type]

@@ -63,6 +63,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import inspect
+import json
 import os
 import subprocess
 import sys
@@ -259,12 +260,15 @@ def export_genai(
 
     Raises:
         ModuleNotFoundError: onnxruntime-genai is not installed (the message says how to install it).
+        ValueError: A layer other than the LM head has vocabulary-many outputs, which the builder
+            (0.18) would export as the LM head: its graph would compute something else.
         RuntimeError: The builder failed; the message holds the end of its output.
     """
     if not genai_available():
         raise ModuleNotFoundError(GENAI_INSTALL_HINT, name="onnxruntime_genai")
     source, target = Path(source), Path(output_dir)
     require_missing_or_empty(target)
+    _refuse_layers_the_builder_takes_for_the_lm_head(source)
     with publish_atomically(target) as staging, tempfile.TemporaryDirectory(prefix="genai-builder-cache-") as cache:
         command = [
             sys.executable,
@@ -283,6 +287,40 @@ def export_genai(
         # The builder's own tokenizer files stay: they are what its export holds.
         copy_side_files(source, staging, overwrite=False)
     return target
+
+
+def _refuse_layers_the_builder_takes_for_the_lm_head(source: Path) -> None:
+    """Refuse a model the builder would export wrong.
+
+    onnxruntime-genai 0.18's builder recognises the LM head as any ``nn.Linear`` whose
+    ``out_features`` is the vocabulary size (``Model.has_lm_head``), so a model whose MLP, query or
+    key/value projection is that wide gets those weights as its head, and its logits are unrelated
+    to the model's (seen with a Llama of MLP width 512 and vocabulary 512: logits off by 15).
+    """
+    config_path = source / "config.json"
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # the builder reports a folder it cannot read in its own words
+    vocab = config.get("vocab_size")
+    heads = config.get("num_attention_heads")
+    head_dim = config.get("head_dim") or (config.get("hidden_size", 0) // heads if heads else None)
+    widths = {
+        "hidden_size": config.get("hidden_size"),
+        "intermediate_size": config.get("intermediate_size"),
+        "num_attention_heads * head_dim": heads * head_dim if heads and head_dim else None,
+        "num_key_value_heads * head_dim": (
+            config["num_key_value_heads"] * head_dim if config.get("num_key_value_heads") and head_dim else None
+        ),
+    }
+    clashes = [name for name, width in widths.items() if vocab is not None and width == vocab]
+    if clashes:
+        raise ValueError(
+            f"{config_path}: {' and '.join(clashes)} {'equals' if len(clashes) == 1 else 'equal'} vocab_size "
+            f"({vocab}): onnxruntime-genai's model builder "
+            "takes every linear layer with vocab_size outputs for the LM head and would export wrong logits; "
+            "use another width or vocabulary size"
+        )
 
 
 class _FlatCacheDecoder(torch.nn.Module):

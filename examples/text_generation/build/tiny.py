@@ -10,7 +10,7 @@ Kinds (see :data:`TINY_SHAPES`):
 
 * ``"llama"``: 2 layers, hidden 64, 4 heads over 2 KV heads, vocabulary 512, context 256. Small
   enough to export in seconds and decode a token in tens of microseconds.
-* ``"llama-small"``: 8 layers, hidden 256, 8 heads over 4 KV heads, context 1024: for timing, where
+* ``"llama-small"``: 8 layers, hidden 256, MLP 768, 8 heads over 4 KV heads, context 1024: for timing, where
   the tiny model's per-token cost is mostly overhead.
 * ``"gpt2"``: 2 layers, hidden 32, vocabulary 320, context 128: the architecture optimum's
   ``text-generation-with-past`` export is usually seen with (it takes ``position_ids``).
@@ -86,7 +86,9 @@ class DecoderShape:
 # wrong positions would give the same repeated token). Wider weights give varied babble.
 TINY_SHAPES: Final[dict[TinyKind, DecoderShape]] = {
     "llama": DecoderShape("llama", 512, 64, 128, 2, 4, 2, 256, initializer_std=0.2),
-    "llama-small": DecoderShape("llama", 512, 256, 512, 8, 8, 4, 1024, initializer_std=0.2),
+    # Its MLP is 768 wide (Llama's 8/3 of hidden, rounded up to 256), not 512: onnxruntime-genai's
+    # builder takes any linear layer with vocabulary-many outputs for the LM head.
+    "llama-small": DecoderShape("llama", 512, 256, 768, 8, 8, 4, 1024, initializer_std=0.2),
     "gpt2": DecoderShape("gpt2", 320, 32, 128, 2, 2, 2, 128, initializer_std=0.5),
 }
 
