@@ -19,7 +19,9 @@ import onnx
 import onnx.helper
 import pytest
 
+from examples.text_generation.build import cache as cache_module
 from examples.text_generation.build import export as export_module
+from examples.text_generation.build.cache import ensure_tiny_decoder, tiny_cache_key, tiny_source_dir
 from examples.text_generation.build.export import Layout, export_decoder, genai_available
 from examples.text_generation.build.tiny import TINY_SHAPES, TinyKind, build_tiny_decoder
 from examples.text_generation.folder import DecoderFolder, FolderError, read_decoder_folder
@@ -57,19 +59,18 @@ class Builds:
         if kind == "fixture-gpt2":
             # The committed model optimum exported (tests/examples/data/README.md).
             return DATA / "tiny-gpt2"
-        target = self.root / kind
-        if not target.exists():
-            build_tiny_decoder(target, kind=_tiny_kind(kind))
-        return target
+        return tiny_source_dir(self.root, kind=_tiny_kind(kind))
 
     def folder(self, folder_id: str) -> Path:
         kind, layout = FOLDERS[folder_id]
         if layout is None:
             return DATA / "tiny-gpt2-optimum"
+        if layout == "genai" and not genai_available():
+            pytest.skip(export_module.GENAI_INSTALL_HINT)
+        if kind != "fixture-gpt2":
+            return ensure_tiny_decoder(self.root, layout=layout, kind=_tiny_kind(kind))
         target = self.root / folder_id
         if not target.exists():
-            if layout == "genai" and not genai_available():
-                pytest.skip(export_module.GENAI_INSTALL_HINT)
             export_decoder(self.source(kind), target, layout=layout)
         return target
 
@@ -118,6 +119,18 @@ def test_tiny_decoder_refuses_a_folder_in_use(tmp_path: Path) -> None:
     (tmp_path / "x").write_text("")
     with pytest.raises(FileExistsError, match="already exists and is not empty"):
         build_tiny_decoder(tmp_path, kind="gpt2")
+
+
+def test_tiny_decoders_are_built_once_per_cache_key(builds: Builds, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = builds.folder("optimum-llama")
+    assert first == builds.root / f"textgen-llama-optimum-{tiny_cache_key()}"
+
+    def must_not_build(*args: object, **kwargs: object) -> Path:
+        raise AssertionError("rebuilt a folder the cache holds")
+
+    monkeypatch.setattr(cache_module, "export_decoder", must_not_build)
+    monkeypatch.setattr(cache_module, "build_tiny_decoder", must_not_build)
+    assert ensure_tiny_decoder(builds.root, layout="optimum", kind="llama") == first
 
 
 # --- the optimum layout, as optimum writes it --------------------------------------------------------------------
