@@ -232,6 +232,24 @@ class BoundCall:
                         name=moved[0],
                     )
             signature = tuple(shapes)
+            prepared = state.prepared
+            if self._outputs_unchanged(state, accepted, changes, signature):
+                # A decoder step: new ids, a longer mask, and outputs of the same shapes. Bind the
+                # new inputs, keep the plan and every output.
+                self._broken = "its last rebind() failed halfway"
+                names = engine.inputs.names
+                for index, tensor in accepted:
+                    engine.inputs.bind(prepared.binding, index, tensor)
+                prepared.tensors = tensors
+                changed = {names[index] for index, _ in accepted}
+                held = [r for r in state.held if not (r[5] == "input" and r[6] in changed)]
+                held.extend(_binding.hold("input", names[i], t) for i, t in accepted if t.numel())
+                feeds = {**state.feeds, **changes}
+                self._state = _State(
+                    feeds, signature, state.plan, prepared, tuple(held), state.refresh, state.subclassed
+                )
+                self._broken = None
+                return
             plan, slots, buffers, shared = self._plan(tensors, signature)
             binding = state.prepared.binding
             keep = {n: t for n, t in state.prepared.results.items() if t is not None}
@@ -246,6 +264,26 @@ class BoundCall:
             self._broken = None
         finally:
             self._lock.release()
+
+    def _outputs_unchanged(
+        self,
+        state: _State,
+        accepted: list[tuple[int, torch.Tensor]],
+        changes: Mapping[str, Any],
+        signature: tuple[torch.Size, ...],
+    ) -> bool:
+        """Whether the new inputs leave every output as it is bound (so the plan need not be redone)."""
+        prepared = state.prepared
+        shared = prepared.shared or {}
+        if prepared.pending or prepared.passthrough or state.refresh or state.subclassed:
+            return False
+        for (index, tensor), value in zip(accepted, changes.values()):
+            if tensor is not value or index in shared.values():
+                return False  # a copy, an alias, or the buffer of a shared output: bind afresh
+        outputs = [i for i in self._indices if self._engine.outputs.spec.outputs[i].name not in shared]
+        return self._engine.plans.still_holds(
+            state.plan, outputs, state.signature, signature, [index for index, _ in accepted]
+        )
 
     # ------------------------------------------------------------------ running
 

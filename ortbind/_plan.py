@@ -296,6 +296,39 @@ class PlanCache:
         _log.info("output %r: %s; ORT allocates it", spec.name, reason)
         return ORT, None, reason
 
+    def still_holds(
+        self, plan: Plan, outputs: Sequence[int], old: Signature, new: Signature, changes: Sequence[int]
+    ) -> bool:
+        """Whether ``plan``, made for ``old``, gives ``outputs`` the same shapes for ``new``.
+
+        ``changes`` are the inputs whose shapes may differ between the two signatures.
+
+        True when the changed inputs keep their rank and fixed dims (checked here; a wrong one
+        raises like a new plan would) and every output's shape comes from declared dims or
+        overrides that read none of the changed dims: a decoder step whose attention mask grows
+        while its logits do not. Then the step needs no new plan.
+
+        Raises:
+            ShapeError: A changed input breaks its declared rank or fixed dims.
+        """
+        program = self._program
+        if program.strict:
+            return False
+        reads = program.reads
+        entries = plan.entries
+        for index in changes:
+            if len(new[index]) != len(old[index]):
+                return False
+            program.check_input(index, tuple(new[index]))
+        for output in outputs:
+            used = reads[output]
+            if used is None or entries[output][0] not in (OVERRIDE, DECLARED):
+                return False
+            for index, axis in used:
+                if index in changes and new[index][axis] != old[index][axis]:
+                    return False
+        return True
+
     def check_override(self, index: int, shape: Shape) -> None:
         """Raise :class:`~ortbind.ShapeError` if a per-call ``output_shapes`` entry is beyond the limit."""
         size = self._static[index][6]

@@ -184,6 +184,21 @@ class ShapeProgram:
                 dims = self.output_dims[index]
                 groups.setdefault((False, dims), (_DECLARED, _compile(dims), []))[2].append(index)
         self._groups = tuple((rule, compiled, tuple(indices)) for rule, compiled, indices in groups.values())
+        places = dict(self._uses)
+        reads: list[frozenset[tuple[int, int]] | None] = [None] * len(self.output_names)
+        for _, compiled, indices in self._groups:
+            if compiled is None or any(d is None for d in compiled):
+                continue  # resolved by inference or at run time: it may depend on any input dim
+            used: set[tuple[int, int]] = set()
+            for expr in compiled:
+                if isinstance(expr, DimExpr):
+                    for symbol in expr.symbols | {expr.text}:
+                        used.update(places.get(symbol, ()))
+            for index in indices:
+                reads[index] = frozenset(used)
+        self.reads = tuple(reads)
+        """Per output, the (input index, axis) whose sizes its override or declared dims read, or
+        ``None`` when its shape may depend on any input dim (rule c or d)."""
 
     @classmethod
     def for_specs(
