@@ -31,7 +31,7 @@ from typing import Any
 
 import onnxruntime as ort
 import torch
-from transformers.generation import (
+from transformers.generation.logits_process import (
     LogitsProcessorList,
     RepetitionPenaltyLogitsProcessor,
     TemperatureLogitsWarper,
@@ -43,7 +43,7 @@ import ortbind
 
 from .folder import DecoderFolder, read_decoder_folder
 
-__all__ = ["GenerationConfig", "Generated", "TextGenerator", "cpu_session_options"]
+__all__ = ["Generated", "GenerationConfig", "TextGenerator", "cpu_session_options"]
 
 
 @dataclass(frozen=True)
@@ -222,7 +222,7 @@ class TextGenerator:
         start = time.perf_counter()
         taken = 0
         for step in range(steps):
-            scores = processors(history[:, : width + step], scores)
+            scores = processors(history[:, : width + step], scores)  # type: ignore[arg-type]  # a LongTensor
             if generator is None:
                 chosen = scores.argmax(dim=-1)
             else:
