@@ -15,6 +15,9 @@ import json
 import sys
 from collections.abc import Sequence
 
+from .build.cache import ensure_tiny_decoder
+from .build.export import Layout, genai_available
+from .folder import FolderError
 from .generator import GenerationConfig, TextGenerator
 
 __all__ = ["build_parser", "main"]
@@ -87,10 +90,7 @@ def _shown(text: str) -> str:
 def _model_folder(args: argparse.Namespace) -> str:
     if args.model:
         return str(args.model)
-    from .build.cache import ensure_tiny_decoder
-    from .build.export import genai_available
-
-    layout = args.layout or ("genai" if genai_available() else "optimum")
+    layout: Layout = args.layout or ("genai" if genai_available() else "optimum")
     print(f"No --model: the tiny random-weight Llama ({layout} layout); it babbles.", file=sys.stderr)
     return str(ensure_tiny_decoder(layout=layout))
 
@@ -101,7 +101,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     config = _config(args, parser)
     prompts = args.prompt or [DEFAULT_PROMPT]
-    from .folder import FolderError
 
     try:
         generator = TextGenerator(_model_folder(args), args.device, bound=not args.plain)
