@@ -30,9 +30,16 @@ __all__ = ["BoundCall"]
 
 
 class _State:
-    """What one bind produced (replaced whole by each rebind)."""
+    """What one bind produced: replaced by a rebind that changes the outputs, updated in place by one that does not.
 
-    __slots__ = ("feeds", "held", "plan", "prepared", "refresh", "signature", "subclassed")
+    Attributes:
+        reads: Input index -> the axes of it that the bound outputs' shapes read, when every
+            (non-shared) output's shape comes from declared dims or overrides; a rebind that leaves
+            those axes alone keeps the plan and the outputs. ``None``: every rebind re-plans.
+        held_at: Input index -> its record's position in ``held``.
+    """
+
+    __slots__ = ("feeds", "held", "held_at", "plan", "prepared", "reads", "refresh", "signature", "subclassed")
 
     def __init__(
         self,
@@ -40,17 +47,21 @@ class _State:
         signature: tuple[torch.Size, ...],
         plan: Plan,
         prepared: Prepared,
-        held: tuple[Held, ...],
+        held: list[Held],
+        held_at: dict[int, int],
         refresh: tuple[tuple[int, torch.Tensor, torch.Tensor], ...],
         subclassed: tuple[tuple[str, torch.Tensor, int], ...],
+        reads: dict[int, tuple[int, ...]] | None,
     ) -> None:
         self.feeds = feeds
         self.signature = signature
         self.plan = plan
         self.prepared = prepared
         self.held = held
+        self.held_at = held_at
         self.refresh = refresh
         self.subclassed = subclassed
+        self.reads = reads
 
 
 class BoundCall:
@@ -143,6 +154,7 @@ class BoundCall:
     ) -> _State:
         names = self._engine.inputs.names
         held: list[Held] = []
+        held_at: dict[int, int] = {}
         refresh: list[tuple[int, torch.Tensor, torch.Tensor]] = []
         subclassed: list[tuple[str, torch.Tensor, int]] = []
         for index, (name, tensor) in enumerate(zip(names, prepared.tensors)):
@@ -154,12 +166,20 @@ class BoundCall:
                     continue
                 subclassed.append((name, caller, tensor.data_ptr()))
             if tensor.numel():
+                held_at[index] = len(held)
                 held.append(_binding.hold("input", name, tensor))
         shared = prepared.shared or {}
         for name, output in prepared.results.items():
             if output is not None and output.numel() and name not in shared:
                 held.append(_binding.hold("out", name, output))
-        return _State(feeds, signature, plan, prepared, tuple(held), tuple(refresh), tuple(subclassed))
+        reads = None
+        if not (prepared.pending or prepared.passthrough or refresh or subclassed):
+            outputs = [slot[INDEX] for slot in prepared.slots if slot[NAME] not in shared]
+            reads = self._engine.plans.reads(plan, outputs)
+            if reads is not None:
+                for index in shared.values():
+                    del reads[index]  # a shared buffer's output must follow it: the general path
+        return _State(feeds, signature, plan, prepared, held, held_at, tuple(refresh), tuple(subclassed), reads)
 
     def _check_graph(self, slots: Sequence[Slot], plan: Plan) -> None:
         engine = self._engine
@@ -203,12 +223,17 @@ class BoundCall:
             InputError, DTypeError, ShapeError, DeviceError: As for a call.
         """
         engine = self._engine
-        changes = dict(engine.check_feeds_mapping(feeds, "rebind") if feeds is not None else {})
-        changes.update(more)
+        if feeds is None:
+            changes: Mapping[str, Any] = more
+        else:
+            changes = {**engine.check_feeds_mapping(feeds, "rebind"), **more} if more else feeds
+            engine.check_feeds_mapping(changes, "rebind")
         if not self._lock.acquire(blocking=False):
             raise _busy("rebind")
         try:
             state = self._state
+            if self.graph_id is None and self._step(state, changes):
+                return
             indices = [engine.inputs.require(name) for name in changes]
             tensors = list(state.prepared.tensors)
             shapes = list(state.signature)
@@ -232,24 +257,6 @@ class BoundCall:
                         name=moved[0],
                     )
             signature = tuple(shapes)
-            prepared = state.prepared
-            if self._outputs_unchanged(state, accepted, changes, signature):
-                # A decoder step: new ids, a longer mask, and outputs of the same shapes. Bind the
-                # new inputs, keep the plan and every output.
-                self._broken = "its last rebind() failed halfway"
-                names = engine.inputs.names
-                for index, tensor in accepted:
-                    engine.inputs.bind(prepared.binding, index, tensor)
-                prepared.tensors = tensors
-                changed = {names[index] for index, _ in accepted}
-                held = [r for r in state.held if not (r[5] == "input" and r[6] in changed)]
-                held.extend(_binding.hold("input", names[i], t) for i, t in accepted if t.numel())
-                feeds = {**state.feeds, **changes}
-                self._state = _State(
-                    feeds, signature, state.plan, prepared, tuple(held), state.refresh, state.subclassed
-                )
-                self._broken = None
-                return
             plan, slots, buffers, shared = self._plan(tensors, signature)
             binding = state.prepared.binding
             keep = {n: t for n, t in state.prepared.results.items() if t is not None}
@@ -265,25 +272,45 @@ class BoundCall:
         finally:
             self._lock.release()
 
-    def _outputs_unchanged(
-        self,
-        state: _State,
-        accepted: list[tuple[int, torch.Tensor]],
-        changes: Mapping[str, Any],
-        signature: tuple[torch.Size, ...],
-    ) -> bool:
-        """Whether the new inputs leave every output as it is bound (so the plan need not be redone)."""
-        prepared = state.prepared
-        shared = prepared.shared or {}
-        if prepared.pending or prepared.passthrough or state.refresh or state.subclassed:
+    def _step(self, state: _State, changes: Mapping[str, Any]) -> bool:
+        """Rebind without a new plan when the changes leave every output as it is bound; whether it did.
+
+        A decoder step: new ids, a longer mask. Each changed input must be a plain tensor (no copy,
+        no alias), not a shared output's buffer, of its old rank and fixed dims, and equal in every
+        axis the outputs' shapes read. Then only those inputs are bound again; the plan, the
+        outputs and their bindings stay.
+        """
+        reads = state.reads
+        if reads is None:
             return False
-        for (index, tensor), value in zip(accepted, changes.values()):
-            if tensor is not value or index in shared.values():
-                return False  # a copy, an alias, or the buffer of a shared output: bind afresh
-        outputs = [i for i in self._indices if self._engine.outputs.spec.outputs[i].name not in shared]
-        return self._engine.plans.still_holds(
-            state.plan, outputs, state.signature, signature, [index for index, _ in accepted]
-        )
+        engine = self._engine
+        inputs, program = engine.inputs, engine.plans.program
+        shapes = list(state.signature)
+        accepted = []
+        for name, value in changes.items():
+            index = inputs.index.get(name)
+            axes = reads.get(index) if index is not None else None
+            if axes is None or index not in state.held_at:
+                return False
+            tensor, _, shape = inputs.accept(index, value)
+            old = shapes[index]
+            if tensor is not value or not program.fits(index, shape) or len(shape) != len(old):
+                return False
+            for axis in axes:
+                if shape[axis] != old[axis]:
+                    return False
+            shapes[index] = shape
+            accepted.append((index, name, tensor))
+        self._broken = "its last rebind() failed halfway"
+        prepared, held = state.prepared, state.held
+        for index, name, tensor in accepted:
+            inputs.bind(prepared.binding, index, tensor)
+            prepared.tensors[index] = tensor
+            state.feeds[name] = tensor
+            held[state.held_at[index]] = _binding.hold("input", name, tensor)
+        state.signature = tuple(shapes)
+        self._broken = None
+        return True
 
     # ------------------------------------------------------------------ running
 

@@ -296,38 +296,30 @@ class PlanCache:
         _log.info("output %r: %s; ORT allocates it", spec.name, reason)
         return ORT, None, reason
 
-    def still_holds(
-        self, plan: Plan, outputs: Sequence[int], old: Signature, new: Signature, changes: Sequence[int]
-    ) -> bool:
-        """Whether ``plan``, made for ``old``, gives ``outputs`` the same shapes for ``new``.
+    @property
+    def program(self) -> ShapeProgram:
+        """The shape program plans are made with."""
+        return self._program
 
-        ``changes`` are the inputs whose shapes may differ between the two signatures.
+    def reads(self, plan: Plan, outputs: Sequence[int]) -> dict[int, tuple[int, ...]] | None:
+        """Input index -> the axes ``outputs``' shapes read under ``plan``; ``None`` if any may read anything.
 
-        True when the changed inputs keep their rank and fixed dims (checked here; a wrong one
-        raises like a new plan would) and every output's shape comes from declared dims or
-        overrides that read none of the changed dims: a decoder step whose attention mask grows
-        while its logits do not. Then the step needs no new plan.
-
-        Raises:
-            ShapeError: A changed input breaks its declared rank or fixed dims.
+        ``None`` when an output's shape came from shape inference or run time (rules c, d), or in
+        strict mode (where every symbol conflict is an error). Inputs absent from the result are
+        read by no output at all.
         """
         program = self._program
         if program.strict:
-            return False
-        reads = program.reads
-        entries = plan.entries
-        for index in changes:
-            if len(new[index]) != len(old[index]):
-                return False
-            program.check_input(index, tuple(new[index]))
+            return None
+        entries, reads = plan.entries, program.reads
+        axes: dict[int, set[int]] = {i: set() for i in range(len(program.input_names))}
         for output in outputs:
             used = reads[output]
             if used is None or entries[output][0] not in (OVERRIDE, DECLARED):
-                return False
+                return None
             for index, axis in used:
-                if index in changes and new[index][axis] != old[index][axis]:
-                    return False
-        return True
+                axes[index].add(axis)
+        return {index: tuple(sorted(found)) for index, found in axes.items()}
 
     def check_override(self, index: int, shape: Shape) -> None:
         """Raise :class:`~ortbind.ShapeError` if a per-call ``output_shapes`` entry is beyond the limit."""

@@ -164,6 +164,11 @@ class ShapeProgram:
             getter = operator.itemgetter(*axes) if axes else None
             checks.append((i, len(dims), getter, sizes if len(axes) != 1 else sizes[0]))
         self._checks = tuple(checks)
+        self._check_of: list[tuple[int, int, Callable[[Shape], object] | None, object] | None] = [None] * len(
+            self.input_names
+        )
+        for check in checks:
+            self._check_of[check[0]] = check
         uses: dict[str, list[tuple[int, int]]] = {}
         for i, dims in enumerate(self.input_dims):
             for axis, d in enumerate(dims or ()):
@@ -285,6 +290,14 @@ class ShapeProgram:
                     kind="input",
                     name=name,
                 )
+
+    def fits(self, index: int, shape: Shape) -> bool:
+        """Whether ``shape`` has input ``index``'s declared rank and fixed dims (:meth:`check_input` says why not)."""
+        check = self._check_of[index]
+        if check is None:
+            return True
+        _, rank, getter, sizes = check
+        return len(shape) == rank and (getter is None or getter(shape) == sizes)
 
     def bind_symbols(self, shapes: InputShapes) -> SymbolBinding:
         """Bind every symbol that an input declares to the size it has in ``shapes``."""

@@ -221,15 +221,19 @@ class TextGenerator:
         prefill = time.perf_counter() - start
         start = time.perf_counter()
         taken = 0
+        stops = bool(folder.eos_token_ids)
         for step in range(steps):
-            scores = processors(history[:, : width + step], scores)  # type: ignore[arg-type]  # a LongTensor
+            if processors:
+                scores = processors(history[:, : width + step], scores)  # type: ignore[arg-type]  # a LongTensor
             if generator is None:
                 chosen = scores.argmax(dim=-1)
             else:
                 chosen = torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=generator).squeeze(1)
-            chosen = torch.where(unfinished, chosen, pad)
-            history[:, width + step] = chosen
-            unfinished &= ~torch.isin(chosen, eos)
+            if stops:  # rows that have ended get the pad token, as transformers' generate does
+                chosen = torch.where(unfinished, chosen, pad)
+                unfinished &= ~torch.isin(chosen, eos)
+            if processors:
+                history[:, width + step] = chosen
             new = chosen.tolist()  # the step's one token per row: all that reaches the host
             for row, token in enumerate(new):
                 if not done[row]:
@@ -260,6 +264,7 @@ class _Run:
         self.call: ortbind.BoundCall | None = None
         self.feeds: dict[str, torch.Tensor] = {}
         self.share: dict[str, str] | None = None
+        self.stepped = False  # whether a step has fed the [batch, 1] ids and positions tensors
 
     def prefill(self, ids: torch.Tensor, mask: torch.Tensor, lengths: torch.Tensor, total: int) -> torch.Tensor:
         """Run the prompts; the scores [batch, vocab] to choose each row's first new token from."""
@@ -310,10 +315,14 @@ class _Run:
         folder = self.folder
         self.width += 1
         self.step_ids.copy_(chosen[:, None])
-        feeds = {folder.input_ids: self.step_ids, folder.attention_mask: self._mask(self.width)}
+        feeds = {folder.attention_mask: self._mask(self.width)}
+        if not self.stepped or not self.use_bound:  # a bound call keeps the ids tensor, written in place
+            feeds[folder.input_ids] = self.step_ids
         if folder.position_ids is not None:
             self.step_positions.add_(1)
-            feeds[folder.position_ids] = self.step_positions
+            if not self.stepped or not self.use_bound:
+                feeds[folder.position_ids] = self.step_positions
+        self.stepped = True
         if not (folder.shared_buffer and self.use_bound):  # a bound call keeps its shared buffers bound
             feeds.update(self.cache)
         out = self._run(feeds, first=False)
