@@ -7,8 +7,9 @@ One loop serves every layout :mod:`.folder` reads:
    :attr:`~.folder.DecoderFolder.prompt_padding`).
 2. Allocate the cache: empty tensors that each step's presents replace (optimum and torch.onnx
    exports concatenate inside the model), or, for a model that writes its cache in place
-   (onnxruntime-genai's shared past/present buffer), one buffer per key and value of
-   ``max_length`` positions, bound as both past and present with ``share=``.
+   (onnxruntime-genai's shared past/present buffer), one buffer per key and value of as many
+   positions as the generation needs (at most the model's ``max_length``), bound as both past and
+   present with ``share=``.
 3. Prefill: one run over the prompts.
 4. Each step: pick the next tokens from the last logits with transformers' logits processors and
    warpers (repetition penalty, temperature, top-k, top-p) on device tensors, argmax or a seeded
@@ -265,6 +266,8 @@ class _Run:
         self.feeds: dict[str, torch.Tensor] = {}
         self.share: dict[str, str] | None = None
         self.stepped = False  # whether a step has fed the [batch, 1] ids and positions tensors
+        # Every output, the shared presents too (written into the past buffers).
+        self.names = [folder.logits, *folder.present_names]
 
     def prefill(self, ids: torch.Tensor, mask: torch.Tensor, lengths: torch.Tensor, total: int) -> torch.Tensor:
         """Run the prompts; the scores [batch, vocab] to choose each row's first new token from."""
@@ -289,7 +292,9 @@ class _Run:
             ids = torch.where(packed, torch.gather(ids, 1, source), torch.full_like(ids, folder.pad_token_id))
             mask = packed.to(torch.int64)
             self.read_at = lengths - 1
-            cache_shape = (batch, folder.num_kv_heads, folder.max_length, folder.head_dim)
+            # As long as this generation needs (what genai's max_length search option does): the
+            # attention kernel's work grows with the buffer's length, not the sequence's.
+            cache_shape = (batch, folder.num_kv_heads, total, folder.head_dim)
             self.share = {present: past for pairs in zip(folder.present, folder.past) for present, past in zip(*pairs)}
         else:
             self.read_at = torch.full((batch,), width - 1, device=device)
@@ -314,7 +319,7 @@ class _Run:
         """Feed the chosen tokens; the scores for the next ones."""
         folder = self.folder
         self.width += 1
-        self.step_ids.copy_(chosen[:, None])
+        self.step_ids.copy_(chosen.view(self.batch, 1))
         feeds = {folder.attention_mask: self._mask(self.width)}
         if not self.stepped or not self.use_bound:  # a bound call keeps the ids tensor, written in place
             feeds[folder.input_ids] = self.step_ids
@@ -337,8 +342,7 @@ class _Run:
         return view
 
     def _run(self, feeds: dict[str, torch.Tensor], *, first: bool) -> dict[str, torch.Tensor]:
-        folder = self.folder
-        names = [folder.logits, *folder.present_names]  # shared presents are written into the past buffers
+        folder, names = self.folder, self.names
         if not self.use_bound:
             out = self.session.run(feeds, names, share=self.share)
         elif self.call is None or first:
