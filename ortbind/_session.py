@@ -209,6 +209,7 @@ class TorchSession:
         self._path = loaded.path
         self._session = loaded.session
         self._device = device = loaded.device
+        self._stream = loaded.stream
         _check_interface(spec, loaded.session)
         on_cuda = device.type == "cuda"
         for name, value in (("max_output_bytes", max_output_bytes), ("plan_cache_size", plan_cache_size)):
@@ -292,6 +293,18 @@ class TorchSession:
     def max_output_bytes(self) -> int:
         """The largest output ortbind allocates from a predicted shape."""
         return self._max_output_bytes
+
+    @property
+    def stream(self) -> torch.cuda.Stream | None:
+        """The CUDA stream ONNX Runtime computes on (``None`` on CPU, or for an adopted session built
+        without a ``user_compute_stream``). Runs are ordered against torch's current stream by events."""
+        return self._stream
+
+    @property
+    def input_devices(self) -> tuple[torch.device, ...]:
+        """Where each input must live: the session's device, or the CPU for an input a CUDA session keeps
+        in host memory (shape tensors and the like)."""
+        return self._engine.inputs.devices
 
     @property
     def plans(self) -> PlanCache:

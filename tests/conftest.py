@@ -43,6 +43,8 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
     if item.get_closest_marker(netns.MARKER) is None or netns.loopback_only():
         return None
     return netns.report_from_namespace(item)
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Where the tiny Stable Diffusion models are built, once per session (or $ORTBIND_TEST_CACHE)."""

@@ -607,3 +607,58 @@ def test_reference_of_share_matches_plain_run() -> None:
 
 def test_model_is_unchanged_by_onnx_check() -> None:
     onnx.checker.check_model(onnx.load_model_from_string(ACCUMULATE))
+
+
+# --------------------------------------------------------------------------- the CUDA mechanisms, exercised on CPU
+
+
+def test_float8_predictions_are_verified_by_shape_then_bound() -> None:
+    """ORT cannot hand float8 over through DLPack, so a verifying run compares shapes only, then binds."""
+    if not hasattr(torch, "float8_e4m3fn"):
+        pytest.skip("torch has no float8")
+    model = parse(
+        '<ir_version: 10, opset_import: ["" : 21]> g (float[N] x) => (float8e4m3fn[N] y) { y = Cast<to = 17>(x) }'
+    )
+    sess = ortbind.TorchSession(model, verify_shapes=True)
+    x = torch.randn(64)
+    for _ in range(2):
+        y = sess(x=x)["y"]
+        assert torch.equal(y.view(torch.uint8), x.to(torch.float8_e4m3fn).view(torch.uint8))
+    assert sess.plans.get((x.shape,)).verified
+    bound = ortbind.TorchSession(model, verify_shapes=True).bind({"x": x})
+    assert torch.equal(bound.run()["y"].view(torch.uint8), x.to(torch.float8_e4m3fn).view(torch.uint8))
+
+
+def test_outputs_are_real_memory_on_the_sessions_device_under_torch_modes() -> None:
+    sess = ortbind.TorchSession(NEG)
+    x = torch.randn(5)
+    with torch.device("meta"):  # what torch.set_default_device installs
+        y = sess(x=x)["y"]
+    assert y.device == torch.device("cpu") and torch.equal(y, -x)
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        y = sess(x=x)["y"]
+    assert type(y) is torch.Tensor and torch.equal(y, -x)
+
+
+def test_a_per_call_synchronize_is_honoured_both_ways() -> None:
+    from ortbind._runoptions import NO_SYNC, RunPolicy, config_entry
+
+    deferred = RunPolicy(synchronize=False, cuda_graph=False, can_defer=True)
+    options, asynchronous = deferred.choose(None, True)
+    assert not asynchronous and config_entry(options, NO_SYNC) is None
+    options, asynchronous = deferred.choose(None, None)
+    assert asynchronous and config_entry(options, NO_SYNC) == "1"
+    waiting = RunPolicy(synchronize=True, cuda_graph=False, can_defer=True)
+    options, asynchronous = waiting.choose(None, False)
+    assert asynchronous and config_entry(options, NO_SYNC) == "1"
+    with raises(
+        ortbind.ConfigError,
+        "synchronize=False: this session was built without a user_compute_stream, so ORT runs on a stream ortbind "
+        "cannot order against torch's; its runs must block until they are done; build it with "
+        "provider_options={'CUDAExecutionProvider': {'user_compute_stream': str(stream.cuda_stream)}}",
+        kind="option",
+        name="synchronize",
+    ):
+        RunPolicy(synchronize=True, cuda_graph=False, can_defer=False).choose(None, False)

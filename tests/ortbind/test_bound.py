@@ -41,8 +41,6 @@ g (float[N, M] x) => (float[N, M] y, float[N, M] z) {{
 }}""")
 
 
-
-
 def feeds(n: int = 3, m: int = 4, scale: float = 2.0) -> dict[str, torch.Tensor]:
     return {"x": torch.randn(n, m), "s": torch.tensor(scale)}
 

@@ -41,8 +41,6 @@ def feeds(**changes: object) -> dict[str, object]:
     return base
 
 
-
-
 def test_the_fixture_feeds_are_valid(sess: ortbind.TorchSession) -> None:
     out = sess.run(feeds())  # type: ignore[arg-type]
     assert out["y"].shape == (2, 3, 4, 5) and out["t"].shape == (5, 4)

@@ -31,8 +31,6 @@ NEG = parse(f"{OPSET} g (float[N] x) => (float[N] y) {{ y = Neg(x) }}")
 HALF = parse(f"{OPSET} g (float16[N] x) => (float16[N] y) {{ y = Neg(x) }}")
 
 
-
-
 NO_STORAGE_FIX = (
     "ONNX Runtime needs a tensor backed by real memory, e.g. torch.empty(...) or .clone() of a real tensor, "
     "outside fake/meta tracing"
