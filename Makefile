@@ -71,6 +71,7 @@ bench: $(VENV)/.test-deps
 	$(PY) -m benchmarks.cpu_spinning
 	$(PY) -m benchmarks.serve_batching
 	$(PY) -m benchmarks.soak
+	$(PY) -m benchmarks.decode
 
 clean:
 	rm -rf $(VENV) $(OLDEST_VENV) out build *.egg-info .pytest_cache .mypy_cache .ruff_cache

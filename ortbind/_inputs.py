@@ -65,7 +65,7 @@ class InputChecker:
         """
         tensors: list[torch.Tensor] = []
         shapes: list[torch.Size] = []
-        plain = torch.Tensor
+        accept = self.accept
         addresses = binding.addresses if binding is not None else None
         index = 0
         for name, dtype, align, cuda_index in self._rows:
@@ -78,29 +78,7 @@ class InputChecker:
                     f"feeds: expected a mapping of input name -> torch.Tensor, got {type(feeds).__name__}",
                     kind="input",
                 ) from None
-            # The common tensor, as accept() tests it; inlined here, where every call passes. (A
-            # sparse or MKL-DNN layout raises in data_ptr() or untyped_storage(): the checked path.)
-            try:
-                if (
-                    type(value) is plain
-                    and value.dtype is dtype
-                    and (value.is_cuda and value.get_device() == cuda_index if cuda_index >= 0 else value.is_cpu)
-                    and value.is_contiguous()
-                    and not value.is_neg()
-                ):
-                    address = value.data_ptr()
-                    storage = value.untyped_storage()
-                    shape = value.shape
-                    if not (
-                        address != 0
-                        and not address % align
-                        and address + value.nbytes <= storage.data_ptr() + storage.nbytes()
-                    ):
-                        value, address, shape = self.accept(index, value)
-                else:
-                    value, address, shape = self.accept(index, value)
-            except RuntimeError:  # a functionalized, nested or other tensor without plain memory
-                value, address, shape = self.accept(index, value)
+            value, address, shape = accept(index, value)
             tensors.append(value)
             shapes.append(shape)
             if addresses is not None and (addresses[index] != address or binding.shapes[index] != shape):  # type: ignore[union-attr]
@@ -115,8 +93,10 @@ class InputChecker:
         """Check one input's tensor; the tensor to bind (itself, a plain alias or a copy), its address and shape.
 
         The common tensor passes a few cheap tests: a plain, dense, contiguous tensor of the right
-        dtype and device, at an aligned address inside its own storage. Anything else takes the
-        checked path, which raises (or copies, with ``allow_copy``) saying why.
+        dtype and device, at an aligned address inside its own storage. (A sparse or MKL-DNN layout
+        raises in ``data_ptr()`` or ``untyped_storage()``.) Anything else takes the checked path,
+        which raises (or copies, with ``allow_copy``) saying why. Every input of every call passes
+        here: plain calls, bind() and rebind().
         """
         _, dtype, align, cuda_index = self._rows[index]
         try:
