@@ -40,10 +40,9 @@ class InputChecker:
         self.index = {s.name: i for i, s in enumerate(specs)}
         self.ort_devices = tuple(_binding.make_ort_device(d) for d in devices)
         self.names = tuple(s.name for s in specs)
-        # (name, dtype, required address multiple, CUDA index or -1) per input.
+        # (dtype, required address multiple, CUDA index or -1) per input.
         self._rows = tuple(
             (
-                s.name,
                 s.dtype,
                 _binding.CUDA_ALIGNMENT if d.type == "cuda" else max(1, s.dtype.itemsize if s.dtype else 1),
                 d.index if d.type == "cuda" else -1,
@@ -67,8 +66,7 @@ class InputChecker:
         shapes: list[torch.Size] = []
         accept = self.accept
         addresses = binding.addresses if binding is not None else None
-        index = 0
-        for name, dtype, align, cuda_index in self._rows:
+        for index, name in enumerate(self.names):
             try:
                 value = feeds[name]
             except KeyError:
@@ -83,8 +81,7 @@ class InputChecker:
             shapes.append(shape)
             if addresses is not None and (addresses[index] != address or binding.shapes[index] != shape):  # type: ignore[union-attr]
                 self.bind(binding, index, value)  # type: ignore[arg-type]
-            index += 1
-        if len(feeds) != index:
+        if len(feeds) != len(tensors):
             unknown = next(n for n in feeds if n not in self.index)
             raise InputError(self.unknown_message(str(unknown)), kind="input", name=str(unknown))
         return tensors, tuple(shapes)
@@ -98,7 +95,7 @@ class InputChecker:
         which raises (or copies, with ``allow_copy``) saying why. Every input of every call passes
         here: plain calls, bind() and rebind().
         """
-        _, dtype, align, cuda_index = self._rows[index]
+        dtype, align, cuda_index = self._rows[index]
         try:
             if (
                 type(value) is torch.Tensor
