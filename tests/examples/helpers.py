@@ -123,11 +123,11 @@ def post_json(url: str, body: object) -> tuple[int, Message, bytes]:
 
 
 def wait_until(condition: Callable[[], _T | None], *, timeout: float, what: str, every: float = 0.05) -> _T:
-    """Poll ``condition`` until it returns something other than None or False; fail after ``timeout`` s."""
+    """Poll ``condition`` until it returns something true; fail after ``timeout`` s."""
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
-        if value is not None and value is not False:
+        if value:
             return value
         if time.monotonic() > deadline:
             pytest.fail(f"waited {timeout} s for {what}")

@@ -44,6 +44,7 @@ class Page:
     url: str
     model: list[str]
     app: Any
+    service: Any
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +61,7 @@ def pages(cache_dir: Path, sdxl_dir: Path, inpaint_dir: Path) -> Iterator[dict[s
             # No port given: Gradio takes the first free one from 7860 on, trying the next on a conflict.
             app.launch(prevent_thread_lock=True, quiet=True, **launch_options("127.0.0.1", None, 16 * 2**20))
             model = ["--cache-dir", str(cache_dir)] if folder is None else ["--model", str(folder)]
-            served[name] = Page(app.local_url, model, app)
+            served[name] = Page(app.local_url, model, app, service)
         yield served
     finally:
         for page in served.values():
@@ -70,6 +71,11 @@ def pages(cache_dir: Path, sdxl_dir: Path, inpaint_dir: Path) -> Iterator[dict[s
 @pytest.fixture(scope="module")
 def pictures(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return sample_images(tmp_path_factory.mktemp("pictures"))
+
+
+def public(config: dict[str, Any]) -> set[str]:
+    """The API endpoints a page's config offers (the Stop buttons' events are private)."""
+    return {d["api_name"] for d in config["dependencies"] if d.get("api_visibility") == "public"}
 
 
 def client(page: Page, tmp_path: Path) -> Any:
@@ -198,7 +204,7 @@ def test_each_page_offers_what_its_folder_runs(pages: dict[str, Page]) -> None:
         with loopback_opener().open(pages[name].url + "config", timeout=30) as response:
             config = json.loads(response.read())
         assert config["title"] == "ortbind Stable Diffusion"
-        assert {d["api_name"] for d in config["dependencies"] if d.get("api_name")} == offered, name
+        assert public(config) == offered, name
         # A task the folder does not run has a tab that says why.
         notes = {
             c["props"].get("elem_id"): c["props"].get("value")
@@ -264,6 +270,48 @@ def test_the_page_refuses_what_the_request_layer_refuses(
     if message is not None:
         assert json.loads(text)["error"] == message
     assert "Traceback" not in text
+
+
+def test_a_generation_stops_when_its_caller_cancels(
+    pages: dict[str, Page], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    service = pages["tiny"].service
+    pipe = service.pipeline("txt2img")
+    runs: list[list[int]] = []
+    real = type(pipe)._denoise
+
+    def counted(**kwargs: Any) -> Any:
+        steps: list[int] = []
+        runs.append(steps)
+        check = kwargs["callback_on_step_end"]
+
+        def on_step(*args: Any) -> Any:
+            steps.append(args[1])
+            return check(*args)
+
+        return real(pipe, **{**kwargs, "callback_on_step_end": on_step})
+
+    monkeypatch.setattr(pipe, "_denoise", counted)
+    page = pages["tiny"]
+    api = client(page, tmp_path)
+    job = api.submit(steps=150, width=128, height=128, api_name="/txt2img")
+    wait_until(lambda: runs and runs[0], timeout=60, what="the run to start")
+    # What the page's Stop button sends: cancel this session's txt2img event.
+    with loopback_opener().open(page.url + "config", timeout=30) as response:
+        config = json.loads(response.read())
+    (fn_index,) = (d["id"] for d in config["dependencies"] if d.get("api_name") == "txt2img")
+    body = {"session_hash": api.session_hash, "fn_index": fn_index, "event_id": "stop"}
+    request = urllib.request.Request(
+        page.url + "gradio_api/cancel",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with loopback_opener().open(request, timeout=30) as response:
+        assert json.loads(response.read()) == {"success": True}
+    # Runs go one at a time: once the next one is done, the cancelled one has stopped.
+    read(api.predict(steps=2, api_name="/txt2img"))
+    assert len(runs) == 2 and len(runs[0]) < 151, [len(r) for r in runs]
+    job.cancel()
 
 
 def test_uploads_are_bounded_and_cleaned_up(pages: dict[str, Page], cache_dir: Path) -> None:
@@ -526,7 +574,7 @@ def test_the_command_serves_the_page(sdxl_dir: Path) -> None:
             with loopback_opener().open(url + "/config", timeout=30) as response:
                 config = json.loads(response.read())
             assert config["title"] == "ortbind Stable Diffusion"
-            assert {d["api_name"] for d in config["dependencies"] if d.get("api_name")} == {"txt2img", "img2img"}
+            assert public(config) == {"txt2img", "img2img"}
             assert config["max_file_size"] == 16 * 2**20
         finally:
             proc.kill()

@@ -100,13 +100,15 @@ def _tab(service: Service, task: str) -> None:
     with gr.Row():
         with gr.Column(scale=1):
             widgets = [_widget(task, spec, facts) for spec in fields]
-            generate = gr.Button("Generate", variant="primary", elem_id=f"{task}-generate")
+            with gr.Row():
+                generate = gr.Button("Generate", variant="primary", elem_id=f"{task}-generate")
+                stop = gr.Button("Stop", variant="stop", elem_id=f"{task}-stop")
         with gr.Column(scale=1):
             # PNG: Gradio's default WebP is lossy, and the picture must be the command line's.
             gallery = gr.Gallery(
                 label="images", format="png", columns=2, buttons=["download", "fullscreen"], elem_id=f"{task}-gallery"
             )
-    generate.click(
+    event = generate.click(
         _handler(service, task, facts),
         inputs=widgets,
         outputs=gallery,
@@ -114,6 +116,8 @@ def _tab(service: Service, task: str) -> None:
         concurrency_limit=1,
         concurrency_id=_CONCURRENCY_ID,
     )
+    # Cancels the handler's task; the run stops at the end of its step (see _handler).
+    stop.click(None, cancels=[event])
 
 
 def _widget(task: str, spec: Field, facts: ModelFacts) -> Any:

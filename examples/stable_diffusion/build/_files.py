@@ -41,5 +41,3 @@ def publish_atomically(target: Path) -> Iterator[Path]:
             raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-
-
