@@ -156,7 +156,9 @@ def _handler(service: Service, task: str, facts: ModelFacts) -> Callable[..., An
     """The tab's handler; its signature (the field names, the form's defaults) is the API endpoint's."""
     fields = TASKS[task]
 
-    async def handler(*values: Any, progress: gr.Progress = gr.Progress(track_tqdm=True)) -> list[Image.Image]:  # noqa: B008  (Gradio finds it by its default)
+    async def handler(*values: Any) -> list[Image.Image]:
+        # Gradio passes the fields' values in order, then the progress tracker the signature below
+        # declares (its track_tqdm follows the pipeline's bar); zip leaves the tracker out.
         try:
             sent = _sent(task, dict(zip((f.name for f in fields), values, strict=False)), facts)
             request = await asyncio.to_thread(service.parse, task, sent)
@@ -182,6 +184,7 @@ def _handler(service: Service, task: str, facts: ModelFacts) -> Callable[..., An
         )
         for spec in fields
     ]
+    # Gradio finds the tracker by its default.
     progress = inspect.Parameter(
         "progress", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=gr.Progress(track_tqdm=True)
     )
