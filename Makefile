@@ -13,8 +13,8 @@ PIP_ARGS ?=
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --disable-pip-version-check -c constraints.txt $(PIP_ARGS)
 
-# The oldest supported set. Only the core tests run there: the Stable Diffusion example's
-# diffusers/transformers/onnxscript are tested at the pinned set only (constraints.txt).
+# The oldest supported set. Only the core tests run there: the Stable Diffusion example's tests
+# (tests/examples) need diffusers/transformers/onnxscript, tested at the pinned set only (constraints.txt).
 OLDEST_VENV ?= .venv-oldest
 OLDEST_PY := $(OLDEST_VENV)/bin/python
 OLDEST_TESTS ?= tests/ortbind -m "not slow"
@@ -42,7 +42,7 @@ $(OLDEST_VENV)/.test-deps: pyproject.toml constraints-oldest.txt | $(OLDEST_PY)
 demo: $(VENV)/.demo-deps
 	$(PY) -m examples.stable_diffusion.txt2img --prompt "an astronaut riding a horse on the moon" --out out/demo.png
 
-# Headless Chromium and its driver for the browser test in tests/test_app.py. Quick when present; installed
+# Headless Chromium and its driver for the browser tests in tests/examples/test_app.py. Quick when present; installed
 # with apt-get when missing and running as root (as CI does), else the test says why it skips.
 BROWSER_PACKAGES := chromium chromium-driver
 browser:

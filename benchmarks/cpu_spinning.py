@@ -4,7 +4,7 @@ ONNX Runtime's intra-op worker threads spin for a while after each run; when tor
 parallel CPU ops between ORT runs (guidance, the scheduler, image post-processing), they compete
 for the same cores. This prints seconds per image for the pipeline with
 ``session.intra_op.allow_spinning`` on (ORT's default) and off, and the ratio. It backs the choice
-of ``examples.stable_diffusion.pipeline.cpu_session_options``.
+of ``examples.stable_diffusion.pipelines.cpu_session_options``.
 
 Each variant runs in its own process (threads left spinning by one variant would otherwise slow
 the other), the processes alternate on, off, on, off..., and the median over processes is shown.
@@ -25,8 +25,8 @@ from pathlib import Path
 import onnxruntime as ort
 import torch
 
-from examples.stable_diffusion.export import ensure_tiny_model
-from examples.stable_diffusion.pipeline import OrtStableDiffusionPipeline, cpu_session_options
+from examples.stable_diffusion.build.cache import ensure_tiny_model
+from examples.stable_diffusion.pipelines import OrtStableDiffusionPipeline, cpu_session_options
 
 CONFIGS = [(64, 1), (64, 2), (128, 1), (128, 2)]
 

@@ -36,9 +36,9 @@ if str(REPO) not in sys.path:  # run as a script from a clone
     sys.path.insert(0, str(REPO))
 
 from examples.stable_diffusion import OrtStableDiffusionPipeline  # noqa: E402
-from examples.stable_diffusion.export import export_onnx  # noqa: E402
-from examples.stable_diffusion.optimize import optimize_folder  # noqa: E402
-from examples.stable_diffusion.tiny import build_tiny_pipeline  # noqa: E402
+from examples.stable_diffusion.build.export import export_onnx  # noqa: E402
+from examples.stable_diffusion.build.optimize import optimize_folder  # noqa: E402
+from examples.stable_diffusion.build.tiny import build_tiny_pipeline  # noqa: E402
 
 # diffusers' published configs for runwayml/stable-diffusion-v1-5 (unet, vae, text_encoder).
 SD15_UNET: dict[str, Any] = {

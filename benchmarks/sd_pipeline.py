@@ -39,7 +39,7 @@ from examples.stable_diffusion import (
     OrtStableDiffusionXLPipeline,
     cpu_session_options,
 )
-from examples.stable_diffusion.cache import ensure_tiny_model, tiny_torch_pipeline_dir
+from examples.stable_diffusion.build.cache import ensure_tiny_model, tiny_torch_pipeline_dir
 
 PROMPTS = ["an astronaut riding a horse", "a lighthouse at dusk"]
 

@@ -5,10 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx.parser
@@ -66,30 +64,3 @@ def cuda_provider_loads() -> bool:
     except Exception:  # ORT raises its own types when the provider library is broken
         return False
     return "CUDAExecutionProvider" in session.get_providers()
-
-
-@contextmanager
-def forbid_host_transfers() -> Iterator[list[str]]:
-    """Make every tensor-to-host or numpy conversion raise inside the block; yields what was tried."""
-    attempts: list[str] = []
-    patched: list[tuple[Any, str, Any]] = []
-
-    def guard(owner: Any, name: str) -> None:
-        original = getattr(owner, name)
-
-        def refuse(*args: Any, **kwargs: Any) -> Any:
-            attempts.append(f"{getattr(owner, '__name__', owner)}.{name}")
-            raise AssertionError(f"host transfer inside the denoising loop: {name}")
-
-        patched.append((owner, name, original))
-        setattr(owner, name, refuse)
-
-    for name in ("numpy", "cpu", "item", "tolist", "__array__"):
-        guard(torch.Tensor, name)
-    for name in ("asarray", "array", "ascontiguousarray"):
-        guard(np, name)
-    try:
-        yield attempts
-    finally:
-        for owner, name, original in reversed(patched):
-            setattr(owner, name, original)

@@ -8,8 +8,6 @@ each step's new token ids; the command line streams, stops and prints JSON.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -19,7 +17,7 @@ import torch
 from examples.text_generation.folder import read_decoder_folder
 from examples.text_generation.generator import GenerationConfig, TextGenerator
 
-from ..reference import run_python
+from .helpers import forbid_host_transfers, run_python
 from .reference_decode import genai_greedy, transformers_greedy
 from .textgen import NEW_TOKENS, PROMPTS, Builds, _prompts, needs_genai
 
@@ -101,41 +99,17 @@ def test_repetition_penalty_matches_transformers(builds: Builds) -> None:
     assert out.tokens == [_trimmed(row, folder.eos_token_ids) for row in new]
 
 
-@contextmanager
-def only_token_ids_reach_the_host(batch: int) -> Iterator[list[str]]:
-    """Refuse every tensor-to-host conversion but of one token per row (what streaming and stopping need)."""
-    seen: list[str] = []
-    originals = {name: getattr(torch.Tensor, name) for name in ("numpy", "cpu", "item", "tolist", "__array__")}
-
-    def guard(name: str) -> Any:
-        def checked(self: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-            seen.append(f"{name} of {tuple(self.shape)}")
-            if name != "tolist" or self.numel() > batch:
-                raise AssertionError(f"host transfer inside the loop: {name} of a {tuple(self.shape)} tensor")
-            return originals[name](self, *args, **kwargs)
-
-        return checked
-
-    for name in originals:
-        setattr(torch.Tensor, name, guard(name))
-    try:
-        yield seen
-    finally:
-        for name, original in originals.items():
-            setattr(torch.Tensor, name, original)
-
-
 @pytest.mark.parametrize("folder_id", ["optimum-llama", "genai-llama"])
 def test_no_host_copy_of_the_cache_or_logits_in_the_loop(builds: Builds, folder_id: str) -> None:
     folder = read_decoder_folder(builds.folder(folder_id))
     ids, mask = (torch.from_numpy(a) for a in _prompts(folder, 3))
     generator = TextGenerator(folder)
     expected = generator.generate_ids(ids, mask, GenerationConfig(max_new_tokens=8)).tokens
-    with only_token_ids_reach_the_host(3) as seen:
+    with forbid_host_transfers(allow_tokens=3) as seen:
         got = generator.generate_ids(ids, mask, GenerationConfig(max_new_tokens=8)).tokens
     assert got == expected
-    assert seen and all(s == "tolist of (3,)" for s in seen)
-    with pytest.raises(AssertionError, match="host transfer"), only_token_ids_reach_the_host(3):
+    assert seen and all(s == "Tensor.tolist of (3,)" for s in seen)
+    with pytest.raises(AssertionError, match="host transfer"), forbid_host_transfers(allow_tokens=3):
         torch.zeros(4).tolist()  # the guard does refuse more than a step's tokens
 
 
