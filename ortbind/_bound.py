@@ -17,6 +17,7 @@ import onnxruntime as ort
 import torch
 
 from . import _binding
+from ._outputs import as_shape
 from ._plan import INDEX, NAME, PASSTHROUGH, PREDICTED, SHAPE, Slot
 from .errors import ConfigError, InputError, OutputError, RunError, ShapeError
 
@@ -37,9 +38,21 @@ class _State:
             (non-shared) output's shape comes from declared dims or overrides; a rebind that leaves
             those axes alone keeps the plan and the outputs. ``None``: every rebind re-plans.
         held_at: Input index -> its record's position in ``held``.
+        resized: Input index -> the shape :meth:`BoundCall.resize` bound it with.
     """
 
-    __slots__ = ("feeds", "held", "held_at", "plan", "prepared", "reads", "refresh", "signature", "subclassed")
+    __slots__ = (
+        "feeds",
+        "held",
+        "held_at",
+        "plan",
+        "prepared",
+        "reads",
+        "refresh",
+        "resized",
+        "signature",
+        "subclassed",
+    )
 
     def __init__(
         self,
@@ -62,6 +75,7 @@ class _State:
         self.refresh = refresh
         self.subclassed = subclassed
         self.reads = reads
+        self.resized: dict[int, torch.Size] = {}
 
 
 class BoundCall:
@@ -231,46 +245,125 @@ class BoundCall:
         if not self._lock.acquire(blocking=False):
             raise _busy("rebind")
         try:
-            state = self._state
-            if self.graph_id is None and self._step(state, changes):
-                return
-            indices = [engine.inputs.require(name) for name in changes]
-            tensors = list(state.prepared.tensors)
-            shapes = list(state.signature)
-            accepted = []
-            for index, value in zip(indices, changes.values()):
-                tensor, _, shape = engine.inputs.accept(index, value)
-                tensors[index], shapes[index] = tensor, shape
-                accepted.append((index, tensor))
-            if self.graph_id is not None and self._runs:
-                moved = [
-                    engine.inputs.names[i]
-                    for i, t in accepted
-                    if t.data_ptr() != state.prepared.tensors[i].data_ptr() or t.shape != state.signature[i]
-                ]
-                if moved:
-                    raise ConfigError(
-                        f"rebind: input {moved[0]!r} would move, but this bound call's CUDA graph was captured with "
-                        f"the old addresses and shapes and replays them; copy the new values into the bound tensor "
-                        f"(bound.inputs[{moved[0]!r}].copy_(value)) instead, or make a new bind()",
-                        kind="input",
-                        name=moved[0],
-                    )
-            signature = tuple(shapes)
-            plan, slots, buffers, shared = self._plan(tensors, signature)
-            binding = state.prepared.binding
-            keep = {n: t for n, t in state.prepared.results.items() if t is not None}
-            # Everything above only checked; from here the binding changes, and a failure (ORT
-            # refusing a bind, memory running out) leaves the call unusable until the next
-            # successful rebind: never half-bound and runnable.
-            self._broken = "its last rebind() failed halfway"
-            for index, tensor in accepted:
-                engine.inputs.bind(binding, index, tensor)
-            prepared = engine.executor.prepare(binding, tensors, slots, buffers, shared, keep=keep)
-            self._state = self._state_for({**state.feeds, **changes}, signature, plan, prepared)
-            self._broken = None
+            self._rebind(changes)
         finally:
             self._lock.release()
+
+    def resize(self, **shapes: Sequence[int]) -> None:
+        """Bind inputs to the first elements of the memory they are bound at, with new shapes.
+
+        For a buffer allocated once at its largest and bound growing: a decoder's attention mask
+        of one row, ``bound.resize(attention_mask=(1, width))`` each step, with no tensor made and
+        nothing copied (a view costs a few microseconds on a CPU; this binds the new shape). The
+        new extent must lie within the bound tensor's storage, from its bound address; contiguous,
+        row-major, as ``buffer.view(-1)[:numel].view(shape)`` would be. Checked like
+        :meth:`rebind` (declared rank and fixed dims; the outputs re-planned if their shapes
+        follow). :attr:`inputs` gives the views.
+
+        Raises:
+            ShapeError: A shape that is not a sequence of sizes, breaks the declared rank or fixed
+                dims, or reaches past the storage.
+            InputError: An unknown input.
+            RunError: Another thread is running this bound call.
+        """
+        if not self._lock.acquire(blocking=False):
+            raise _busy("resize")
+        try:
+            state = self._state
+            if self.graph_id is None and self._resize_in_place(state, shapes):
+                return
+            self._rebind({name: self._view(state, name, dims) for name, dims in shapes.items()})
+        finally:
+            self._lock.release()
+
+    def _view(self, state: _State, name: str, dims: Sequence[int]) -> torch.Tensor:
+        """The bound input ``name``'s memory with shape ``dims`` (a view, checked against its storage)."""
+        index = self._engine.inputs.require(name)
+        shape = _resized_shape(name, dims)
+        tensor = state.prepared.tensors[index]
+        _fits_storage(name, tensor, shape)
+        strides = [1] * len(shape)
+        for axis in range(len(shape) - 2, -1, -1):
+            strides[axis] = strides[axis + 1] * shape[axis + 1]
+        return torch.as_strided(tensor, shape, strides, tensor.storage_offset())
+
+    def _resize_in_place(self, state: _State, shapes: Mapping[str, Sequence[int]]) -> bool:
+        """Bind the new shapes at the same addresses when no output's shape follows them; whether it did."""
+        reads = state.reads
+        if reads is None:
+            return False
+        engine = self._engine
+        inputs, program = engine.inputs, engine.plans.program
+        signature = list(state.signature)
+        changes = []
+        for name, dims in shapes.items():
+            index = inputs.require(name)
+            axes = reads.get(index)
+            position = state.held_at.get(index)
+            shape = _resized_shape(name, dims)
+            old = signature[index]
+            if axes is None or position is None or len(shape) != len(old) or not program.fits(index, shape):
+                return False
+            for axis in axes:
+                if shape[axis] != old[axis]:
+                    return False
+            tensor, storage, address, base, _, kind, _ = state.held[position]
+            end = _fits_storage(name, tensor, shape)
+            if end == address:
+                return False  # empty: the general path binds it as ORT takes empty tensors
+            signature[index] = shape
+            changes.append((index, position, shape, (tensor, storage, address, base, end, kind, name)))
+        self._broken = "its last resize() failed halfway"
+        binding = state.prepared.binding
+        for index, position, shape, record in changes:
+            inputs.bind_at(binding, index, record[2], shape)
+            state.held[position] = record
+            state.resized[index] = shape
+        state.signature = tuple(signature)
+        self._broken = None
+        return True
+
+    def _rebind(self, changes: Mapping[str, Any]) -> None:
+        """The body of :meth:`rebind`, under its lock."""
+        engine = self._engine
+        state = self._state
+        if self.graph_id is None and self._step(state, changes):
+            return
+        indices = [engine.inputs.require(name) for name in changes]
+        tensors = list(state.prepared.tensors)
+        shapes = list(state.signature)
+        accepted = []
+        for index, value in zip(indices, changes.values()):
+            tensor, _, shape = engine.inputs.accept(index, value)
+            tensors[index], shapes[index] = tensor, shape
+            accepted.append((index, tensor))
+        if self.graph_id is not None and self._runs:
+            moved = [
+                engine.inputs.names[i]
+                for i, t in accepted
+                if t.data_ptr() != state.prepared.tensors[i].data_ptr() or t.shape != state.signature[i]
+            ]
+            if moved:
+                raise ConfigError(
+                    f"rebind: input {moved[0]!r} would move, but this bound call's CUDA graph was captured with "
+                    f"the old addresses and shapes and replays them; copy the new values into the bound tensor "
+                    f"(bound.inputs[{moved[0]!r}].copy_(value)) instead, or make a new bind()",
+                    kind="input",
+                    name=moved[0],
+                )
+        signature = tuple(shapes)
+        plan, slots, buffers, shared = self._plan(tensors, signature)
+        binding = state.prepared.binding
+        keep = {n: t for n, t in state.prepared.results.items() if t is not None}
+        # Everything above only checked; from here the binding changes, and a failure (ORT
+        # refusing a bind, memory running out) leaves the call unusable until the next
+        # successful rebind: never half-bound and runnable.
+        self._broken = "its last rebind() failed halfway"
+        for index, tensor in accepted:
+            engine.inputs.bind(binding, index, tensor)
+        prepared = engine.executor.prepare(binding, tensors, slots, buffers, shared, keep=keep)
+        self._state = self._state_for({**state.feeds, **changes}, signature, plan, prepared)
+        self._broken = None
 
     def _step(self, state: _State, changes: Mapping[str, Any]) -> bool:
         """Rebind without a new plan when the changes leave every output as it is bound; whether it did.
@@ -307,6 +400,7 @@ class BoundCall:
             inputs.bind(prepared.binding, index, tensor)
             prepared.tensors[index] = tensor
             state.feeds[name] = tensor
+            state.resized.pop(index, None)
             held[state.held_at[index]] = _binding.hold("input", name, tensor)
         state.signature = tuple(shapes)
         self._broken = None
@@ -316,8 +410,16 @@ class BoundCall:
 
     @property
     def inputs(self) -> dict[str, torch.Tensor]:
-        """Input name -> the caller's tensor bound for it (write new values into these in place)."""
-        return dict(self._state.feeds)
+        """Input name -> the caller's tensor bound for it (write new values into these in place).
+
+        An input given a new shape by :meth:`resize` is a view of its memory with that shape.
+        """
+        state = self._state
+        feeds = dict(state.feeds)
+        for index, shape in state.resized.items():
+            name = self._engine.inputs.names[index]
+            feeds[name] = self._view(state, name, shape)
+        return feeds
 
     @property
     def outputs(self) -> dict[str, torch.Tensor | None]:
@@ -410,3 +512,30 @@ def _mapping(value: object, what: str) -> Mapping[str, Any]:
             kind="out" if what == "out" else "output",
         )
     return value
+
+
+def _resized_shape(name: str, dims: object) -> torch.Size:
+    shape = as_shape(dims)
+    if shape is None:
+        raise ShapeError(
+            f"resize {name!r}: expected a sequence of ints in [0, 2**63), got {dims!r}", kind="input", name=name
+        )
+    return torch.Size(shape)
+
+
+def _fits_storage(name: str, tensor: torch.Tensor, shape: Sequence[int]) -> int:
+    """The end address of ``shape`` from ``tensor``'s address; a ShapeError if its storage ends sooner."""
+    count = tensor.element_size()
+    for size in shape:
+        count *= size
+    address = tensor.data_ptr()
+    storage = tensor.untyped_storage()
+    room = storage.data_ptr() + storage.nbytes() - address
+    if count > room:
+        raise ShapeError(
+            f"resize {name!r}: shape {tuple(shape)} needs {count} bytes from where the input is bound, but its "
+            f"storage holds {room} from there; bind a tensor of a larger buffer first",
+            kind="input",
+            name=name,
+        )
+    return address + count

@@ -121,7 +121,10 @@ class InputChecker:
 
     def bind(self, binding: Binding, index: int, tensor: torch.Tensor) -> None:
         """Bind one checked input (no-op when the binding holds it already)."""
-        address, shape = tensor.data_ptr(), tensor.shape
+        self.bind_at(binding, index, tensor.data_ptr(), tensor.shape)
+
+    def bind_at(self, binding: Binding, index: int, address: int, shape: torch.Size) -> None:
+        """Bind input ``index`` to ``shape`` at ``address``, memory the caller checked (no-op when held already)."""
         if binding.addresses[index] == address and binding.shapes[index] == shape:
             return
         binding.addresses[index] = -1

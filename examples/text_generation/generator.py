@@ -212,30 +212,35 @@ class TextGenerator:
         processors = config.processors()
         generator = torch.Generator(device=device).manual_seed(config.seed) if config.do_sample else None
         eos = torch.tensor(folder.eos_token_ids or [-1], dtype=torch.int64, device=device)
-        unfinished = torch.ones(batch, dtype=torch.bool, device=device)
-        pad = torch.tensor(folder.pad_token_id, dtype=torch.int64, device=device)
+        unfinished = torch.ones(batch, 1, dtype=torch.bool, device=device)
         tokens: list[list[int]] = [[] for _ in range(batch)]
         done = [False] * batch
 
         start = time.perf_counter()
-        scores = run.prefill(ids, mask, lengths, total)
+        logits = run.prefill(ids, mask, lengths, total)  # [batch, 1, vocab]: each row's last position
         prefill = time.perf_counter() - start
         start = time.perf_counter()
         taken = 0
-        stops = bool(folder.eos_token_ids)
+        chosen = run.step_ids  # [batch, 1]: the ids the next step feeds, written here in place
+        # Rows that have ended get the pad token, as transformers' generate does; one row just stops.
+        stops = bool(folder.eos_token_ids) and batch > 1
         for step in range(steps):
-            if processors:
-                scores = processors(history[:, : width + step], scores)  # type: ignore[arg-type]  # a LongTensor
-            if generator is None:
-                chosen = scores.argmax(dim=-1)
+            if processors or generator is not None:
+                scores = logits[:, -1]
+                if processors:
+                    scores = processors(history[:, : width + step], scores)  # type: ignore[arg-type]  # a LongTensor
+                if generator is None:
+                    torch.argmax(scores, dim=-1, keepdim=True, out=chosen)
+                else:
+                    chosen.copy_(torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=generator))
             else:
-                chosen = torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=generator).squeeze(1)
-            if stops:  # rows that have ended get the pad token, as transformers' generate does
-                chosen = torch.where(unfinished, chosen, pad)
+                torch.argmax(logits, dim=-1, out=chosen)  # greedy: one op from the bound logits to the ids
+            if stops:
+                chosen.masked_fill_(~unfinished, folder.pad_token_id)
                 unfinished &= ~torch.isin(chosen, eos)
             if processors:
-                history[:, width + step] = chosen
-            new = chosen.tolist()  # the step's one token per row: all that reaches the host
+                history[:, width + step] = chosen[:, 0]
+            new = [row[0] for row in chosen.tolist()]  # the step's one token per row: all that reaches the host
             for row, token in enumerate(new):
                 if not done[row]:
                     tokens[row].append(token)
@@ -244,7 +249,7 @@ class TextGenerator:
                 on_tokens(new)
             if all(done) or step == steps - 1:
                 break
-            scores = run.step(chosen)
+            logits = run.step()
             taken += 1
         elapsed = time.perf_counter() - start
         text = [self.tokenizer.decode(row, skip_special_tokens=True) for row in tokens]
@@ -312,26 +317,29 @@ class _Run:
             feeds[folder.position_ids] = positions
             self.step_positions = positions[:, -1:].clone()  # advanced by one before each step
         out = self._run(feeds, first=True)
-        logits = out[folder.logits]
-        return logits[rows, self.read_at]
+        return out[folder.logits][rows, self.read_at].unsqueeze(1)
 
-    def step(self, chosen: torch.Tensor) -> torch.Tensor:
-        """Feed the chosen tokens; the scores for the next ones."""
+    def step(self) -> torch.Tensor:
+        """Feed the tokens chosen into :attr:`step_ids`; the logits [batch, 1, vocab] for the next ones."""
         folder = self.folder
         self.width += 1
-        self.step_ids.copy_(chosen.view(self.batch, 1))
+        if folder.position_ids is not None:
+            self.step_positions.add_(1)
+        if self.use_bound and self.stepped and self.batch == 1 and folder.shared_buffer:
+            # The decoder step at its cheapest: the ids and the cache are written in place, and the
+            # mask grows within its table, bound at a longer shape without making a view.
+            assert self.call is not None
+            self.call.resize(**{folder.attention_mask: (1, self.width)})
+            return self.call.run()[folder.logits]
         feeds = {folder.attention_mask: self._mask(self.width)}
         if not self.stepped or not self.use_bound:  # a bound call keeps the ids tensor, written in place
             feeds[folder.input_ids] = self.step_ids
-        if folder.position_ids is not None:
-            self.step_positions.add_(1)
-            if not self.stepped or not self.use_bound:
+            if folder.position_ids is not None:
                 feeds[folder.position_ids] = self.step_positions
         self.stepped = True
         if not (folder.shared_buffer and self.use_bound):  # a bound call keeps its shared buffers bound
             feeds.update(self.cache)
-        out = self._run(feeds, first=False)
-        return out[folder.logits][:, -1]
+        return self._run(feeds, first=False)[folder.logits]
 
     def _mask(self, width: int) -> torch.Tensor:
         """The first ``width`` columns of the mask table, as a contiguous tensor (a view of one buffer)."""
