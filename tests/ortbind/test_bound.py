@@ -284,3 +284,45 @@ def test_a_bound_tensor_moved_in_place_is_refused_not_read_stale() -> None:
     bound.run()["y"].data = torch.empty(3, 4)  # the output tensor now points elsewhere
     with pytest.raises(ortbind.OutputError, match=r"^out 'y': the tensor bound for it moved to other memory"):
         bound.run()
+
+
+def test_resize_binds_a_longer_prefix_of_the_same_memory() -> None:
+    """A decoder's mask grows inside one buffer: bound at a new shape, no view made, checked like a rebind."""
+    model = parse(f"""{OPSET}
+    g (float[1, T] mask, float[1, 4] x) => (float[1, 4] y, float[1] total) {{
+        y = Neg(x)
+        total = ReduceSum<keepdims = 0>(mask)
+    }}""")
+    sess = ortbind.TorchSession(model)
+    table = torch.ones(1, 16)
+    x = torch.randn(1, 4)
+    bound = sess.bind({"mask": table[:, :3], "x": x})
+    y = bound.run()["y"]
+    assert float(bound.run()["total"]) == 3.0
+    for width in (4, 9, 16):
+        bound.resize(mask=(1, width))
+        out = bound.run()
+        assert float(out["total"]) == width and out["y"] is y  # the plan and outputs stayed
+        assert bound.inputs["mask"].shape == (1, width)
+        assert bound.inputs["mask"].data_ptr() == table.data_ptr()
+    with raises(
+        ortbind.ShapeError,
+        "resize 'mask': shape (1, 17) needs 68 bytes from where the input is bound, but its storage holds 64 from "
+        "there; bind a tensor of a larger buffer first",
+        kind="input",
+        name="mask",
+    ):
+        bound.resize(mask=(1, 17))
+    with raises(
+        ortbind.ShapeError,
+        "input 'mask': dim 0 must be 1 (declared [1, 'T']), got shape (2, 3)",
+        kind="input",
+        name="mask",
+    ):
+        bound.resize(mask=(2, 3))
+    with raises(ortbind.InputError, "input 'q': the model has no such input; its inputs are 'mask', 'x'"):
+        bound.resize(q=(1, 2))
+    assert float(bound.run()["total"]) == 16.0  # refused resizes changed nothing
+    table.untyped_storage().resize_(8)
+    with pytest.raises(ortbind.InputError, match="^input 'mask': the tensor bound for it moved to other memory"):
+        bound.run()
