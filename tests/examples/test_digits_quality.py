@@ -27,6 +27,8 @@ from examples.stable_diffusion import (
     OrtStableDiffusionInpaintPipeline,
     OrtStableDiffusionPipeline,
 )
+from examples.stable_diffusion.build.cache import quiet_libraries
+from examples.stable_diffusion.build.export import export_onnx
 from examples.stable_diffusion.build.train_digits import (
     IMAGE_SIZE,
     classify,
@@ -37,8 +39,6 @@ from examples.stable_diffusion.build.train_digits import (
     inpaint_sources,
     lower_half_mask,
 )
-from examples.stable_diffusion.build.cache import quiet_libraries
-from examples.stable_diffusion.build.export import export_onnx
 
 from ..reference import REPO_ROOT
 
