@@ -109,7 +109,7 @@ class Engine:
         binding = executor.thread_binding(indices)
         tensors, signature = self.inputs.check(feeds, binding)
         plan = self.plans.get(signature)
-        if output_names is None and out is None and output_shapes is None and share is None:
+        if out is None and output_shapes is None and share is None and indices is self.outputs.all:
             if plan.simple:
                 return executor.fresh(binding, tensors, signature, plan, options, asynchronous)
             prepared = executor.prepare(binding, tensors, plan.slots, None)

@@ -102,7 +102,8 @@ class OutputChecker:
             indices.append(index)
         if len(set(indices)) != len(indices):
             raise OutputError(f"output_names: {list(output_names)} names an output twice", kind="output")
-        return tuple(indices)
+        selected = tuple(indices)
+        return self.all if selected == self.all else selected  # every output, in order: the common call
 
     def overrides(self, slots: Sequence[Slot], output_shapes: object) -> list[Slot]:
         """``slots`` with per-call ``output_shapes`` applied (rule a for this call).

@@ -273,6 +273,7 @@ class _Run:
         self.stepped = False  # whether a step has fed the [batch, 1] ids and positions tensors
         # Every output, the shared presents too (written into the past buffers).
         self.names = [folder.logits, *folder.present_names]
+        self.pairs = list(zip(folder.past_names, folder.present_names, strict=True))
 
     def prefill(self, ids: torch.Tensor, mask: torch.Tensor, lengths: torch.Tensor, total: int) -> torch.Tensor:
         """Run the prompts; the scores [batch, vocab] to choose each row's first new token from."""
@@ -361,5 +362,5 @@ class _Run:
             out = self.call.run()
         if not folder.shared_buffer:
             # Concatenating exports: this step's presents are the next step's past.
-            self.cache = dict(zip(folder.past_names, (out[name] for name in folder.present_names), strict=True))
+            self.cache = {past: out[present] for past, present in self.pairs}
         return out
