@@ -1,13 +1,12 @@
-"""Folder helpers shared by the build tools: write a folder whole or not at all, copy the side files."""
+"""Folder helpers of the build tools: whole-folder writes (shared with the SD example), the side files."""
 
 from __future__ import annotations
 
-import contextlib
 import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
+
+from ..._folders import publish_atomically, require_missing_or_empty
 
 __all__ = ["SIDE_FILES", "copy_side_files", "publish_atomically", "require_missing_or_empty"]
 
@@ -25,38 +24,6 @@ SIDE_FILES: Final = (
     "vocab.json",
     "merges.txt",
 )
-
-
-def require_missing_or_empty(path: Path) -> None:
-    """Raise ``FileExistsError`` unless ``path`` is missing or an empty folder."""
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        raise FileExistsError(f"output folder {path} already exists and is not empty; remove it or pick a new path")
-
-
-@contextlib.contextmanager
-def publish_atomically(target: Path) -> Iterator[Path]:
-    """Yield an empty sibling folder of ``target`` that replaces ``target`` only on success.
-
-    A rename is atomic within one filesystem, so readers see either no folder or a whole one.
-
-    Raises:
-        FileExistsError: ``target`` is not empty, or was filled by someone else in the meantime.
-    """
-    require_missing_or_empty(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
-    try:
-        yield staging
-        # mkdtemp makes the folder private (0700); the result is an ordinary shared folder.
-        staging.chmod(0o755)
-        try:
-            staging.replace(target)
-        except OSError as error:
-            if target.is_dir() and any(target.iterdir()):
-                raise FileExistsError(f"{target} was written by another process meanwhile") from error
-            raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def copy_side_files(source: Path, destination: Path, *, overwrite: bool = True) -> list[str]:

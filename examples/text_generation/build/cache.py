@@ -9,15 +9,13 @@ by other code is never silently reused: it is not found, and a fresh one is buil
 
 from __future__ import annotations
 
-import hashlib
-import importlib.metadata
-import os
 import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
+from ..._folders import build_key, default_cache_dir
 from .export import Layout, export_decoder
 from .tiny import TinyKind, build_tiny_decoder
 
@@ -36,25 +34,10 @@ _KEYED_DISTRIBUTIONS: Final = (
 )
 
 
-def default_cache_dir() -> Path:
-    """Return ``$ORTBIND_CACHE`` if set, else ``~/.cache/ortbind``."""
-    configured = os.environ.get("ORTBIND_CACHE")
-    return Path(configured) if configured else Path.home() / ".cache" / "ortbind"
-
-
 def tiny_cache_key() -> str:
     """A short hash of what builds the tiny decoders; part of their folder names."""
-    digest = hashlib.sha256()
     here = Path(__file__).resolve().parent
-    for name in _KEYED_MODULES:
-        digest.update((here / name).read_bytes())
-    for distribution in _KEYED_DISTRIBUTIONS:
-        try:
-            version = importlib.metadata.version(distribution)
-        except importlib.metadata.PackageNotFoundError:
-            version = "-"
-        digest.update(f"{distribution}={version};".encode())
-    return digest.hexdigest()[:12]
+    return build_key((here / name for name in _KEYED_MODULES), _KEYED_DISTRIBUTIONS)
 
 
 def tiny_source_dir(cache_dir: str | Path | None = None, *, kind: TinyKind = "llama") -> Path:
