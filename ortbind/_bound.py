@@ -19,63 +19,16 @@ import torch
 from . import _binding
 from ._outputs import as_shape
 from ._plan import INDEX, NAME, PASSTHROUGH, PREDICTED, SHAPE, Slot
+from ._prepared import BoundState
 from .errors import ConfigError, InputError, OutputError, RunError, ShapeError
 
 if TYPE_CHECKING:
     from ._binding import Held
     from ._engine import Engine
-    from ._execute import Prepared
     from ._plan import Plan
+    from ._prepared import Prepared
 
 __all__ = ["BoundCall"]
-
-
-class _State:
-    """What one bind produced: replaced by a rebind that changes the outputs, updated in place by one that does not.
-
-    Attributes:
-        reads: Input index -> the axes of it that the bound outputs' shapes read, when every
-            (non-shared) output's shape comes from declared dims or overrides; a rebind that leaves
-            those axes alone keeps the plan and the outputs. ``None``: every rebind re-plans.
-        held_at: Input index -> its record's position in ``held``.
-        resized: Input index -> the shape :meth:`BoundCall.resize` bound it with.
-    """
-
-    __slots__ = (
-        "feeds",
-        "held",
-        "held_at",
-        "plan",
-        "prepared",
-        "reads",
-        "refresh",
-        "resized",
-        "signature",
-        "subclassed",
-    )
-
-    def __init__(
-        self,
-        feeds: dict[str, torch.Tensor],
-        signature: tuple[torch.Size, ...],
-        plan: Plan,
-        prepared: Prepared,
-        held: list[Held],
-        held_at: dict[int, int],
-        refresh: tuple[tuple[int, torch.Tensor, torch.Tensor], ...],
-        subclassed: tuple[tuple[str, torch.Tensor, int], ...],
-        reads: dict[int, tuple[int, ...]] | None,
-    ) -> None:
-        self.feeds = feeds
-        self.signature = signature
-        self.plan = plan
-        self.prepared = prepared
-        self.held = held
-        self.held_at = held_at
-        self.refresh = refresh
-        self.subclassed = subclassed
-        self.reads = reads
-        self.resized: dict[int, torch.Size] = {}
 
 
 class BoundCall:
@@ -158,14 +111,14 @@ class BoundCall:
         signature: tuple[torch.Size, ...],
         binding: _binding.Binding,
         keep: Mapping[str, torch.Tensor],
-    ) -> _State:
+    ) -> BoundState:
         plan, slots, buffers, shared = self._plan(tensors, signature)
         prepared = self._engine.executor.prepare(binding, tensors, slots, buffers, shared, keep=keep)
         return self._state_for(feeds, signature, plan, prepared)
 
     def _state_for(
         self, feeds: dict[str, torch.Tensor], signature: tuple[torch.Size, ...], plan: Plan, prepared: Prepared
-    ) -> _State:
+    ) -> BoundState:
         names = self._engine.inputs.names
         held: list[Held] = []
         held_at: dict[int, int] = {}
@@ -193,7 +146,7 @@ class BoundCall:
             if reads is not None:
                 for index in shared.values():
                     del reads[index]  # a shared buffer's output must follow it: the general path
-        return _State(feeds, signature, plan, prepared, held, held_at, tuple(refresh), tuple(subclassed), reads)
+        return BoundState(feeds, signature, plan, prepared, held, held_at, tuple(refresh), tuple(subclassed), reads)
 
     def _check_graph(self, slots: Sequence[Slot], plan: Plan) -> None:
         engine = self._engine
@@ -276,7 +229,7 @@ class BoundCall:
         finally:
             self._lock.release()
 
-    def _view(self, state: _State, name: str, dims: Sequence[int]) -> torch.Tensor:
+    def _view(self, state: BoundState, name: str, dims: Sequence[int]) -> torch.Tensor:
         """The bound input ``name``'s memory with shape ``dims`` (a view, checked against its storage)."""
         index = self._engine.inputs.require(name)
         shape = _resized_shape(name, dims)
@@ -287,7 +240,7 @@ class BoundCall:
             strides[axis] = strides[axis + 1] * shape[axis + 1]
         return torch.as_strided(tensor, shape, strides, tensor.storage_offset())
 
-    def _resize_in_place(self, state: _State, shapes: Mapping[str, Sequence[int]]) -> bool:
+    def _resize_in_place(self, state: BoundState, shapes: Mapping[str, Sequence[int]]) -> bool:
         """Bind the new shapes at the same addresses when no output's shape follows them; whether it did."""
         reads = state.reads
         if reads is None:
@@ -365,7 +318,7 @@ class BoundCall:
         self._state = self._state_for({**state.feeds, **changes}, signature, plan, prepared)
         self._broken = None
 
-    def _step(self, state: _State, changes: Mapping[str, Any]) -> bool:
+    def _step(self, state: BoundState, changes: Mapping[str, Any]) -> bool:
         """Rebind without a new plan when the changes leave every output as it is bound; whether it did.
 
         A decoder step: new ids, a longer mask. Each changed input must be a plain tensor (no copy,
@@ -489,7 +442,7 @@ class BoundCall:
         finally:
             self._lock.release()
 
-    def _rebind_outputs(self, state: _State, prepared: Prepared) -> None:
+    def _rebind_outputs(self, state: BoundState, prepared: Prepared) -> None:
         plan, slots, buffers, shared = self._plan(prepared.tensors, state.signature)
         keep = {n: t for n, t in prepared.results.items() if t is not None}
         again = self._engine.executor.prepare(prepared.binding, prepared.tensors, slots, buffers, shared, keep=keep)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from itertools import chain
 from typing import Any
 
@@ -24,7 +24,8 @@ from . import _binding
 from ._binding import Binding, CudaStreamOrder, Held
 from ._inputs import InputChecker
 from ._metadata import ModelSpec
-from ._ort import BindRefusedError, OrtCalls, OutputRefusedError
+from ._ort import BindRefusedError, OrtCalls, OutputRefusedError, unretried
+from ._outputs import no_dlpack, unsupported_output
 from ._plan import (
     DTYPE,
     ELEM_TYPE,
@@ -43,8 +44,9 @@ from ._plan import (
     Slot,
     loosened,
 )
+from ._prepared import Prepared
 from ._shapes import format_shape
-from .errors import InputError, ModelError, OutputError, RunError, ShapeError
+from .errors import InputError, OutputError, RunError, ShapeError
 
 __all__ = ["Executor", "Prepared"]
 
@@ -55,58 +57,6 @@ _RUN = OrtCalls("run")
 
 _increment_version = torch._C._increment_version
 """What ``torch.autograd.graph.increment_version`` calls, without its Python wrapper (0.2 µs a run)."""
-
-
-class Prepared:
-    """A binding ready to run: its inputs, its outputs and what each run must do besides running.
-
-    Attributes:
-        binding: The binding (inputs and outputs bound).
-        tensors: The input tensors as bound (the caller's, plain aliases or copies), kept alive.
-        slots: The outputs, in the order asked for.
-        buffers: Caller-owned ``out=`` buffers by name (written in place).
-        shared: Output name -> index of the input whose buffer it writes (``share=``).
-        results: Output name -> bound tensor, ``None`` for one ORT allocates on each run.
-        pending: ``(position among bound outputs, slot, caller's buffer or None)`` per output ORT allocates.
-        passthrough: ``(slot, target or None)`` per output that is an input (copied after the run).
-        written: Tensors ORT writes into (versions bumped after each run).
-        bound: How many outputs are bound to ORT (none: only pass-through outputs, no run).
-        runs: Runs so far (ORT-allocated outputs are re-bound before every run but the first).
-    """
-
-    __slots__ = (
-        "binding",
-        "bound",
-        "buffers",
-        "passthrough",
-        "pending",
-        "results",
-        "runs",
-        "shared",
-        "slots",
-        "tensors",
-        "written",
-    )
-
-    def __init__(
-        self,
-        binding: Binding,
-        tensors: list[torch.Tensor],
-        slots: Sequence[Slot],
-        buffers: Mapping[str, torch.Tensor] | None,
-        shared: Mapping[str, int] | None,
-    ) -> None:
-        self.binding = binding
-        self.tensors = tensors
-        self.slots = slots
-        self.buffers = buffers
-        self.shared = shared
-        self.results: dict[str, torch.Tensor | None] = {}
-        self.pending: list[tuple[int, Slot, torch.Tensor | None]] = []
-        self.passthrough: list[tuple[Slot, torch.Tensor | None]] = []
-        self.written: tuple[torch.Tensor, ...] = ()
-        self.bound = 0
-        self.runs = 0
 
 
 class Executor:
@@ -215,7 +165,7 @@ class Executor:
             for slot in slots:
                 name = slot[NAME]
                 if slot[PROBLEM] is not None:
-                    raise ModelError(self.unsupported_message(name), kind="output", name=name)
+                    raise unsupported_output(self.spec.outputs[slot[INDEX]])
                 buffer = buffers.get(name) if buffers else None
                 if shared and name in shared:
                     buffer = tensors[shared[name]]
@@ -249,7 +199,7 @@ class Executor:
                 # empty tensors a null pointer, which ORT refuses to bind), or a prediction is
                 # being checked (a caller's buffer then receives a copy of what ORT produced).
                 if buffer is None and slot[EXPECTED] is None and not self.dlpack_ok[slot[INDEX]]:
-                    raise self.no_dlpack_error(slot)
+                    raise no_dlpack(self.spec.outputs[slot[INDEX]], slot[REASON])
                 binding.bound_outputs.pop(name, None)
                 with _BIND:
                     io.bind_output(name, device)
@@ -260,26 +210,10 @@ class Executor:
                 position += 1
         except BindRefusedError as exc:
             assert slot is not None
-            raise RunError(
-                f"output {slot[NAME]!r}: ONNX Runtime refused to bind it: {exc.text}", kind="output", name=slot[NAME]
-            ) from exc.__cause__
+            raise exc.named("output", slot[NAME]) from exc.__cause__
         prepared.written = tuple(written)
         prepared.bound = position
         return prepared
-
-    def unsupported_message(self, name: str) -> str:
-        spec = self.spec.output(name)
-        return f"output {name!r}: {spec.unsupported}; request the other outputs with run(feeds, output_names=[...])"
-
-    def no_dlpack_error(self, slot: Slot) -> ShapeError:
-        spec = self.spec.outputs[slot[INDEX]]
-        return ShapeError(
-            f"output {slot[NAME]!r}: its shape cannot be resolved before the run "
-            f"({slot[REASON] or 'no rule applies'}), and ONNX Runtime cannot hand {spec.elem_type_name} tensors "
-            f"over through DLPack; pass output_shapes={{{slot[NAME]!r}: (...)}} or out={{{slot[NAME]!r}: buffer}}",
-            kind="output",
-            name=slot[NAME],
-        )
 
     # ------------------------------------------------------------------ executing
 
@@ -305,7 +239,8 @@ class Executor:
                 io.bind_output(slot[NAME], device, slot[ELEM_TYPE], slot[SHAPE], tensor.data_ptr())
             except Exception as exc:
                 self.drop_thread_binding()
-                raise self._bind_error(slot, exc) from exc
+                mapped = _BIND.mapped(exc)
+                raise (mapped.named("output", slot[NAME]) if isinstance(mapped, BindRefusedError) else mapped) from exc
             results[slot[NAME]] = tensor
         try:
             self._run(io, tensors, (), options, asynchronous)
@@ -406,7 +341,9 @@ class Executor:
                     self.drop_thread_binding()
                 loosen = [s for s in prepared.slots if s[SHAPE] is not None and s[PREDICTED]]
                 if first is not None or not loosen or not retry:
-                    raise self._failed(refusal, first, prepared) from refusal.__cause__
+                    index = (prepared.shared or {}).get(refusal.refused or "")
+                    shared_with = None if index is None else self.inputs.specs[index].name
+                    raise unretried(refusal, first, shared_with) from refusal.__cause__
                 first = refusal
                 _log.debug("ORT refused a predicted output buffer (%s); rerunning with ORT allocating it", refusal.text)
                 self._reprepare(prepared, [loosened(s) if s in loosen else s for s in prepared.slots])
@@ -501,14 +438,6 @@ class Executor:
             if lock is not None:
                 lock.release()
 
-    def _bind_error(self, slot: Slot, exc: Exception) -> Exception:
-        mapped = _BIND.mapped(exc)
-        if isinstance(mapped, BindRefusedError):
-            return RunError(
-                f"output {slot[NAME]!r}: ONNX Runtime refused to bind it: {mapped.text}", kind="output", name=slot[NAME]
-            )
-        return mapped
-
     def _collect(self, prepared: Prepared, transient: bool) -> list[tuple[tuple[int, ...], torch.Tensor | None]]:
         """Take over the outputs ORT allocated, through DLPack (float8: their shapes only)."""
         got: list[tuple[tuple[int, ...], Any]] = []
@@ -532,7 +461,7 @@ class Executor:
         for (shape, capsule), (_, slot, _) in zip(got, prepared.pending):
             if capsule is None and not self.dlpack_ok[slot[INDEX]] and all(shape):
                 if not slot[PREDICTED] or slot[EXPECTED] is None:
-                    raise self.no_dlpack_error(slot)
+                    raise no_dlpack(self.spec.outputs[slot[INDEX]], slot[REASON])
                 produced.append((shape, None))
                 continue
             assert slot[DTYPE] is not None
@@ -565,23 +494,3 @@ class Executor:
         if buffer.numel():  # a prediction being checked: ORT wrote its own memory
             buffer.copy_(value)
         return buffer
-
-    def _failed(self, refusal: OutputRefusedError, first: OutputRefusedError | None, prepared: Prepared) -> RunError:
-        """The error for a refusal that is not retried."""
-        shared = prepared.shared or {}
-        name = refusal.refused
-        if name is not None and name in shared:
-            source = self.inputs.specs[shared[name]].name
-            return RunError(
-                f"output {name!r}: shared with input {source!r}, but ONNX Runtime computed another shape for it "
-                f"({refusal.text}); this model does not write {name!r} in place; leave it out of share=",
-                kind="output",
-                name=name,
-            )
-        if first is not None:
-            return RunError(f"{refusal} (first attempt: {first.text})", kind="run", name=name)
-        return RunError(str(refusal), kind="run", name=name)
-
-    def warm_up_held(self, tensors: Iterable[tuple[str, str, torch.Tensor]]) -> tuple[Held, ...]:
-        """Held records for a bound call's tensors (non-empty ones)."""
-        return tuple(_binding.hold(kind, name, t) for kind, name, t in tensors if t.numel())

@@ -16,7 +16,7 @@ from . import _binding
 from ._binding import Binding
 from ._metadata import TensorSpec
 from ._ort import BindRefusedError, OrtCalls
-from .errors import InputError, RunError
+from .errors import InputError
 
 __all__ = ["InputChecker"]
 
@@ -133,12 +133,8 @@ class InputChecker:
             with _BIND:
                 binding.io.bind_input(name, self.ort_devices[index], self.specs[index].elem_type, shape, address)
         except BindRefusedError as exc:
-            raise self.bind_error(name, exc) from exc.__cause__
+            raise exc.named("input", name) from exc.__cause__
         binding.addresses[index], binding.shapes[index] = address, shape
-
-    @staticmethod
-    def bind_error(name: str, exc: BindRefusedError) -> RunError:
-        return RunError(f"input {name!r}: ONNX Runtime refused to bind it: {exc.text}", kind="input", name=name)
 
     def missing_message(self, feeds: Mapping[str, Any]) -> str:
         missing = [s for s in self.specs if s.name not in feeds]

@@ -30,6 +30,7 @@ __all__ = [
     "is_output_refusal",
     "refused_output",
     "translate",
+    "unretried",
 ]
 
 OUTPUT_REFUSALS: Final = (
@@ -100,7 +101,7 @@ def translate(exc: BaseException, phase: str, *, subject: str = "", name: str | 
 
     Args:
         exc: What ORT raised.
-        phase: ``"create"`` (building the session), ``"bind"`` or ``"run"``.
+        phase: ``"create"`` (building the session) or ``"run"``.
         subject: Who the call was about, for the message: ``"model 'unet.onnx'"``, ``"input 'x'"``.
         name: The input or output name, when there is one.
     """
@@ -117,12 +118,6 @@ def translate(exc: BaseException, phase: str, *, subject: str = "", name: str | 
                 name=name,
             )
         return ModelError(f"{where}: ONNX Runtime could not load it: {text}", kind="model", name=name)
-    if phase == "bind":
-        return RunError(
-            f"{subject}: ONNX Runtime refused to bind it: {text}",
-            kind="input" if subject.startswith("input") else "output",
-            name=name,
-        )
     return RunError(f"ONNX Runtime failed during the run: {text}", kind="run", name=name)
 
 
@@ -146,6 +141,31 @@ class BindRefusedError(RunError):
     def __init__(self, message: str, *, text: str) -> None:
         super().__init__(message, kind="run")
         self.text = text
+
+    def named(self, kind: str, name: str) -> RunError:
+        """The error to raise: ``kind`` (``"input"`` or ``"output"``) ``name`` could not be bound."""
+        return RunError(f"{kind} {name!r}: ONNX Runtime refused to bind it: {self.text}", kind=kind, name=name)
+
+
+def unretried(refusal: OutputRefusedError, first: OutputRefusedError | None, shared_with: str | None) -> RunError:
+    """The error for a refused output buffer that is not rerun.
+
+    Args:
+        refusal: ORT's refusal.
+        first: The refusal of the first attempt, when this was the rerun.
+        shared_with: The input the refused output is shared with (``share=``), if it is.
+    """
+    name = refusal.refused
+    if name is not None and shared_with is not None:
+        return RunError(
+            f"output {name!r}: shared with input {shared_with!r}, but ONNX Runtime computed another shape for it "
+            f"({refusal.text}); this model does not write {name!r} in place; leave it out of share=",
+            kind="output",
+            name=name,
+        )
+    if first is not None:
+        return RunError(f"{refusal} (first attempt: {first.text})", kind="run", name=name)
+    return RunError(str(refusal), kind="run", name=name)
 
 
 class OrtCalls:

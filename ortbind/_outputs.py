@@ -13,12 +13,12 @@ from typing import Any
 import torch
 
 from . import _binding
-from ._metadata import ModelSpec
+from ._metadata import ModelSpec, TensorSpec
 from ._plan import EXPECTED, INDEX, NAME, PASSTHROUGH, PROBLEM, PlanCache, Slot, fixed
 from ._shapes import format_dims, format_shape
 from .errors import DTypeError, InputError, ModelError, OrtbindError, OutputError, ShapeError
 
-__all__ = ["OutputChecker", "as_shape"]
+__all__ = ["OutputChecker", "as_shape", "no_dlpack", "unsupported_output"]
 
 
 _INT64 = 1 << 63
@@ -46,6 +46,26 @@ def as_shape(dims: object) -> tuple[int, ...] | None:
             return None
         shape.append(size)
     return tuple(shape)
+
+
+def unsupported_output(spec: TensorSpec) -> ModelError:
+    """The error for an output whose type ortbind cannot bind, asked for by a call."""
+    return ModelError(
+        f"output {spec.name!r}: {spec.unsupported}; request the other outputs with run(feeds, output_names=[...])",
+        kind="output",
+        name=spec.name,
+    )
+
+
+def no_dlpack(spec: TensorSpec, reason: str) -> ShapeError:
+    """The error for an output of a type ORT cannot hand over (float8) whose shape is unknown ahead."""
+    return ShapeError(
+        f"output {spec.name!r}: its shape cannot be resolved before the run ({reason or 'no rule applies'}), and "
+        f"ONNX Runtime cannot hand {spec.elem_type_name} tensors over through DLPack; pass "
+        f"output_shapes={{{spec.name!r}: (...)}} or out={{{spec.name!r}: buffer}}",
+        kind="output",
+        name=spec.name,
+    )
 
 
 def _mapping(value: object, what: str, kind: str, error: type[OrtbindError], example: str) -> Mapping[str, Any]:
@@ -269,12 +289,7 @@ class OutputChecker:
                 )
             spec = self.spec.outputs[slot[INDEX]]
             if slot[PROBLEM]:
-                raise ModelError(
-                    f"output {name!r}: {spec.unsupported}; "
-                    f"request the other outputs with run(feeds, output_names=[...])",
-                    kind="output",
-                    name=name,
-                )
+                raise unsupported_output(spec)
             # A pass-through output is the input itself: its buffer must have the input's shape.
             expected = tensors[slot[PASSTHROUGH]].shape if slot[PASSTHROUGH] is not None else slot[EXPECTED]
             buffer = _binding.check_out_buffer(name, spec, value, self.device, expected)

@@ -1,0 +1,116 @@
+"""What a binding holds between runs: a prepared call, and the state of a bound call.
+
+:class:`Prepared` is one call's binding ready to run (plain calls make one per call, bound calls
+one per bind); :class:`BoundState` is what a :class:`~ortbind.BoundCall` keeps besides it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+
+from ._binding import Binding, Held
+from ._plan import Plan, Slot
+
+__all__ = ["BoundState", "Prepared"]
+
+
+class Prepared:
+    """A binding ready to run: its inputs, its outputs and what each run must do besides running.
+
+    Attributes:
+        binding: The binding (inputs and outputs bound).
+        tensors: The input tensors as bound (the caller's, plain aliases or copies), kept alive.
+        slots: The outputs, in the order asked for.
+        buffers: Caller-owned ``out=`` buffers by name (written in place).
+        shared: Output name -> index of the input whose buffer it writes (``share=``).
+        results: Output name -> bound tensor, ``None`` for one ORT allocates on each run.
+        pending: ``(position among bound outputs, slot, caller's buffer or None)`` per output ORT allocates.
+        passthrough: ``(slot, target or None)`` per output that is an input (copied after the run).
+        written: Tensors ORT writes into (versions bumped after each run).
+        bound: How many outputs are bound to ORT (none: only pass-through outputs, no run).
+        runs: Runs so far (ORT-allocated outputs are re-bound before every run but the first).
+    """
+
+    __slots__ = (
+        "binding",
+        "bound",
+        "buffers",
+        "passthrough",
+        "pending",
+        "results",
+        "runs",
+        "shared",
+        "slots",
+        "tensors",
+        "written",
+    )
+
+    def __init__(
+        self,
+        binding: Binding,
+        tensors: list[torch.Tensor],
+        slots: Sequence[Slot],
+        buffers: Mapping[str, torch.Tensor] | None,
+        shared: Mapping[str, int] | None,
+    ) -> None:
+        self.binding = binding
+        self.tensors = tensors
+        self.slots = slots
+        self.buffers = buffers
+        self.shared = shared
+        self.results: dict[str, torch.Tensor | None] = {}
+        self.pending: list[tuple[int, Slot, torch.Tensor | None]] = []
+        self.passthrough: list[tuple[Slot, torch.Tensor | None]] = []
+        self.written: tuple[torch.Tensor, ...] = ()
+        self.bound = 0
+        self.runs = 0
+
+
+class BoundState:
+    """What one bind produced: replaced by a rebind that changes the outputs, updated in place by one that does not.
+
+    Attributes:
+        reads: Input index -> the axes of it that the bound outputs' shapes read, when every
+            (non-shared) output's shape comes from declared dims or overrides; a rebind that leaves
+            those axes alone keeps the plan and the outputs. ``None``: every rebind re-plans.
+        held_at: Input index -> its record's position in ``held``.
+        resized: Input index -> the shape :meth:`BoundCall.resize` bound it with.
+    """
+
+    __slots__ = (
+        "feeds",
+        "held",
+        "held_at",
+        "plan",
+        "prepared",
+        "reads",
+        "refresh",
+        "resized",
+        "signature",
+        "subclassed",
+    )
+
+    def __init__(
+        self,
+        feeds: dict[str, torch.Tensor],
+        signature: tuple[torch.Size, ...],
+        plan: Plan,
+        prepared: Prepared,
+        held: list[Held],
+        held_at: dict[int, int],
+        refresh: tuple[tuple[int, torch.Tensor, torch.Tensor], ...],
+        subclassed: tuple[tuple[str, torch.Tensor, int], ...],
+        reads: dict[int, tuple[int, ...]] | None,
+    ) -> None:
+        self.feeds = feeds
+        self.signature = signature
+        self.plan = plan
+        self.prepared = prepared
+        self.held = held
+        self.held_at = held_at
+        self.refresh = refresh
+        self.subclassed = subclassed
+        self.reads = reads
+        self.resized: dict[int, torch.Size] = {}
