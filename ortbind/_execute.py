@@ -341,8 +341,8 @@ class Executor:
                     self.drop_thread_binding()
                 loosen = [s for s in prepared.slots if s[SHAPE] is not None and s[PREDICTED]]
                 if first is not None or not loosen or not retry:
-                    index = (prepared.shared or {}).get(refusal.refused or "")
-                    shared_with = None if index is None else self.inputs.specs[index].name
+                    shared_index = (prepared.shared or {}).get(refusal.refused or "")
+                    shared_with = None if shared_index is None else self.inputs.specs[shared_index].name
                     raise unretried(refusal, first, shared_with) from refusal.__cause__
                 first = refusal
                 _log.debug("ORT refused a predicted output buffer (%s); rerunning with ORT allocating it", refusal.text)
