@@ -289,9 +289,8 @@ class Executor:
             ShapeError: A checked prediction proved wrong for a caller's ``out=`` buffer.
         """
         for record in held:
-            tensor, storage, address, base, end = record[:5]
+            tensor, storage, address, base, end, kind, name = record
             if tensor.data_ptr() != address or storage.data_ptr() != base or storage.nbytes() < end - base:
-                kind, name = record[5], record[6]
                 raise (InputError if kind == "input" else OutputError)(
                     f"{kind} {name!r}: {_binding.moved(record)}, so ORT would use a stale address; write new values "
                     f"with copy_(), or rebind()",
