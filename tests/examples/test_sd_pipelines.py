@@ -433,9 +433,10 @@ def test_progress_callable_and_step_callback(sd_dir: Path) -> None:
 
 
 @pytest.mark.parametrize("cli", ["img2img", "inpaint"])
-def test_cli_writes_png_on_its_tiny_default(
-    cache_dir: Path, sd_dir: Path, inpaint_dir: Path, tmp_path: Path, cli: str
+def test_cli_writes_png_on_its_builtin_default(
+    cache_dir: Path, digits_dir: Path, digits_inpaint_dir: Path, tmp_path: Path, cli: str
 ) -> None:
+    """Without --model: the digits model; img2img keeps the image's size, inpaint makes the model's 32x32."""
     image_path, mask_path, out = tmp_path / "in.png", tmp_path / "mask.png", tmp_path / "out.png"
     to_pil(an_image()).save(image_path)
     square_mask().save(mask_path)
@@ -447,7 +448,7 @@ def test_cli_writes_png_on_its_tiny_default(
         str(image_path),
         *extra,
         "--prompt",
-        "a cat",
+        "a handwritten 6",
         "--steps",
         "3",
         "--cache-dir",
@@ -458,8 +459,10 @@ def test_cli_writes_png_on_its_tiny_default(
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
+    side = SIZE if cli == "img2img" else 32
     with Image.open(out) as written:
-        assert (written.size, written.mode) == ((SIZE, SIZE), "RGB")
+        assert (written.size, written.mode) == ((side, side), "RGB")
+    assert f"model: {digits_dir if cli == 'img2img' else digits_inpaint_dir} (built-in digits model" in proc.stdout
     assert f"wrote {out}" in proc.stdout
     assert ("Inpaint" if cli == "inpaint" else "Img2Img") in proc.stdout
 
