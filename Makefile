@@ -1,6 +1,7 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   creates .venv if missing, installs ortbind with the example's dependencies, and
-#               runs the Stable Diffusion example on its built-in tiny model
+#               runs the Stable Diffusion example on its built-in digits model (trained on
+#               scikit-learn's handwritten digits; exported to ONNX on first run): out/demo.png is a 7
 #   make test   the same plus test dependencies (and, as root, the Debian browser the web UI's
 #               test drives), then runs the test suite (what CI runs)
 #   make test-oldest
@@ -40,7 +41,7 @@ $(OLDEST_VENV)/.test-deps: pyproject.toml constraints-oldest.txt | $(OLDEST_PY)
 	touch $@
 
 demo: $(VENV)/.demo-deps
-	$(PY) -m examples.stable_diffusion.txt2img --prompt "an astronaut riding a horse on the moon" --out out/demo.png
+	$(PY) -m examples.stable_diffusion.txt2img --prompt "a handwritten 7" --out out/demo.png
 
 # Headless Chromium and its driver for the browser tests in tests/examples/test_app.py. Quick when present; installed
 # with apt-get when missing and running as root (as CI does), else the test says why it skips.

@@ -1,6 +1,7 @@
 """Ray Serve deployment: images per second for one caller against N concurrent callers.
 
-Deploys ``examples.stable_diffusion.apps.serve`` on the tiny model (or ``--model``), sends the same
+Deploys ``examples.stable_diffusion.apps.serve`` on the tiny random-weight SD model (the one
+docs/benchmarks.md measured, not the apps' built-in digits model; or ``--model``), sends the same
 number of ``POST /txt2img`` requests (different prompts and seeds, one size and step count) from
 one caller, one after the other, then from N callers at once, and prints images per second for
 each, the mean number of requests that shared a UNet batch (``X-Batch-Size``), and the ratio.
@@ -79,9 +80,10 @@ def main() -> int:
     from ray import serve
 
     from examples.stable_diffusion.apps.serve import deploy, start_ray
-    from examples.stable_diffusion.apps.service import Service
+    from examples.stable_diffusion.build.cache import ensure_tiny_model
 
-    Service(args.model).folder("txt2img")  # build the tiny model once, before the replicas look for it
+    if args.model is None:
+        args.model = ensure_tiny_model()  # built once, before the replicas look for it
     rows: list[tuple[str, float, float]] = []
     with tempfile.TemporaryDirectory(prefix="ray-") as temp_dir:
         start_ray(num_cpus=max(os.cpu_count() or 1, args.replicas), temp_dir=temp_dir)

@@ -5,13 +5,15 @@ Three parts, each importable without the others above it:
 - :mod:`.pipelines`: the pipelines, a library (diffusers' API, latents on the device throughout);
 - :mod:`.apps`: the command lines, the web page and the server, all on one request layer
   (:mod:`.apps.requests`) and one service that runs requests on a model folder (:mod:`.apps.service`);
-- :mod:`.build`: the exporter, the tiny-model factory and its cache, the optimizer.
+- :mod:`.build`: the exporter, the cache of the built-in models' exports (the trained digits model
+  committed in ``models/``, the default everywhere; tiny random-weight models, for shapes), the
+  tiny-model factory, the optimizer and the digits model's training script.
 
 The modules ``txt2img``, ``img2img``, ``inpaint``, ``app``, ``serve``, ``export`` and ``optimize``
 here are the commands' stable names (``python -m examples.stable_diffusion.txt2img``...).
 
 The pipeline names below are imported on first use: importing the package (say, for
-``.build.cache.ensure_tiny_model``) does not pay for importing diffusers and transformers.
+``.build.cache.ensure_digits_model``) does not pay for importing diffusers and transformers.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The ``txt2img`` command: ``python -m examples.stable_diffusion.txt2img --help`` lists its options.
 
-Without ``--model`` it builds a tiny random-weight model offline on first use (noise, not art, in
-seconds on a CPU); ``--model DIR`` runs an ONNX folder in diffusers' or optimum's layout. The code
+Without ``--model`` it runs the built-in digits model (``models/digits``, exported to ONNX on first
+use; it draws the digit the prompt names); ``--model DIR`` runs an ONNX folder in diffusers' or
+optimum's layout. The code
 lives in :mod:`.apps.cli`; this module is the command's stable name (and ``ortbind-txt2img``'s).
 """
 

@@ -1,4 +1,4 @@
-"""Fixtures of the example tests: one tiny-model cache per run, the tiny decoders, and the loopback namespace."""
+"""Fixtures of the example tests: one built-in-model cache per run, the tiny decoders, and the loopback namespace."""
 
 from __future__ import annotations
 
@@ -11,17 +11,17 @@ import pytest
 
 from .textgen import builds
 
-__all__ = ["builds", "cache_dir", "inpaint_dir", "sd_dir", "sdxl_dir"]
+__all__ = ["builds", "cache_dir", "digits_dir", "digits_inpaint_dir", "inpaint_dir", "sd_dir", "sdxl_dir"]
 
 _OWN_CACHE = pytest.StashKey[str]()
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """One tiny Stable Diffusion build per run, shared by every module and the namespaced child run.
+    """One build of each built-in Stable Diffusion model per run, shared by every module and the namespaced child run.
 
     The tests read ``$ORTBIND_TEST_CACHE``; unless the caller chose one, it is a fresh folder
-    removed at the end, so each run still builds from scratch once (about 30 s a kind), not once
-    per module.
+    removed at the end, so each run still builds from scratch once (about 30 s a tiny kind, 40 s
+    each digits export), not once per module.
     """
     if not os.environ.get("ORTBIND_TEST_CACHE"):
         config.stash[_OWN_CACHE] = os.environ["ORTBIND_TEST_CACHE"] = tempfile.mkdtemp(prefix="ortbind-sd-cache-")
@@ -44,13 +44,30 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 @pytest.fixture(scope="session")
 def cache_dir() -> Path:
-    """Where the tiny Stable Diffusion models are built, once per run: ``$ORTBIND_TEST_CACHE``."""
+    """Where the built-in Stable Diffusion models are built and exported, once per run: ``$ORTBIND_TEST_CACHE``."""
     return Path(os.environ["ORTBIND_TEST_CACHE"])
 
 
 @pytest.fixture(scope="session")
+def digits_dir(cache_dir: Path) -> Path:
+    """The built-in digits model (the committed weights) as exported on first use: the default of every surface."""
+    from examples.stable_diffusion.build.cache import ensure_digits_model
+
+    return ensure_digits_model(cache_dir, kind="digits")
+
+
+@pytest.fixture(scope="session")
+def digits_inpaint_dir(cache_dir: Path) -> Path:
+    """The built-in digits inpainting model as exported on first use: inpaint's default."""
+    from examples.stable_diffusion.build.cache import ensure_digits_model
+
+    return ensure_digits_model(cache_dir, kind="digits-inpaint")
+
+
+@pytest.fixture(scope="session")
 def sd_dir(cache_dir: Path) -> Path:
-    """The tiny SD 1.x-like model, in diffusers' layout (with each component's config.json, as we export it)."""
+    """The tiny SD 1.x-like model (random weights, for shapes), in diffusers' layout (with each component's
+    config.json, as we export it)."""
     from examples.stable_diffusion.build.cache import ensure_tiny_model
 
     return ensure_tiny_model(cache_dir, kind="sd")
@@ -58,7 +75,7 @@ def sd_dir(cache_dir: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def inpaint_dir(cache_dir: Path) -> Path:
-    """The tiny inpainting model (a 9-channel UNet), in diffusers' layout."""
+    """The tiny inpainting model (a 9-channel UNet; random weights, for shapes), in diffusers' layout."""
     from examples.stable_diffusion.build.cache import ensure_tiny_model
 
     return ensure_tiny_model(cache_dir, kind="inpaint")
@@ -66,7 +83,7 @@ def inpaint_dir(cache_dir: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def sdxl_dir(cache_dir: Path) -> Path:
-    """The tiny SDXL model, in optimum's layout."""
+    """The tiny SDXL model (random weights, for shapes), in optimum's layout."""
     from examples.stable_diffusion.build.cache import ensure_tiny_model
 
     return ensure_tiny_model(cache_dir, kind="sdxl")

@@ -1,8 +1,9 @@
 """The web page (``examples.stable_diffusion.app``): its API through gradio_client, the page in Chromium.
 
-Three pages run side by side: the built-in tiny models, a tiny SDXL folder and a tiny inpainting
-folder, each given as ``--model`` would give it. Every route's picture is compared with the one the
-command line writes for the same request, defaults included: PNG both ways, so equal to the bit.
+Three pages run side by side: the built-in digits model (no ``--model``), and a tiny random-weight
+SDXL folder and inpainting folder, each given as ``--model`` would give it. Every route's picture
+is compared with the one the command line writes for the same request, defaults included, and so
+are the ten digits the built-in page opens with: PNG both ways, so equal to the bit.
 """
 
 from __future__ import annotations
@@ -34,8 +35,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.loopback]
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
-# Enough steps for the page to show the bar at several points of a run that takes a few seconds.
-BROWSER_STEPS = 60
+# Enough steps and images for the page to show the bar at several points of a run that takes a
+# few seconds (about 3 s for 8 digits of 150 DDIM steps).
+BROWSER_STEPS = 150
+BROWSER_BATCH = 8
 
 
 @dataclass
@@ -56,7 +59,7 @@ def pages(cache_dir: Path, sdxl_dir: Path, inpaint_dir: Path) -> Iterator[dict[s
 
     served: dict[str, Page] = {}
     try:
-        for name, folder in (("tiny", None), ("sdxl", sdxl_dir), ("inpaint", inpaint_dir)):
+        for name, folder in (("builtin", None), ("sdxl", sdxl_dir), ("inpaint", inpaint_dir)):
             service = Service(folder, cache_dir=cache_dir)
             app = build_app(service).queue()
             # No port given: Gradio takes the first free one from 7860 on, trying the next on a conflict.
@@ -95,7 +98,9 @@ def read(result: list[dict[str, Any]]) -> list[np.ndarray]:
 
 
 def test_txt2img_routes_give_the_cli_pictures(pages: dict[str, Page], tmp_path: Path) -> None:
-    for name in ("tiny", "sdxl"):
+    # A size other than the default, within each model's pixels (the digits model's: 64x64).
+    sizes = {"builtin": (64, 32), "sdxl": (96, 64)}
+    for name, (width, height) in sizes.items():
         page = pages[name]
         api = client(page, tmp_path / name)
         # Defaults, all of them: no width or height, the model's scheduler.
@@ -110,8 +115,8 @@ def test_txt2img_routes_give_the_cli_pictures(pages: dict[str, Page], tmp_path: 
                 guidance=5.0,
                 seed=2,
                 scheduler="ddim",
-                width=96,
-                height=64,
+                width=width,
+                height=height,
                 batch=2,
                 api_name="/txt2img",
             )
@@ -128,9 +133,9 @@ def test_txt2img_routes_give_the_cli_pictures(pages: dict[str, Page], tmp_path: 
             "--seed",
             "2",
         )
-        args += ("--scheduler", "ddim", "--width", "96", "--height", "64", "--batch", "2")
+        args += ("--scheduler", "ddim", "--width", str(width), "--height", str(height), "--batch", "2")
         expected = cli_images(tmp_path / f"{name}-batch.png", *page.model, *args)
-        assert [e.shape for e in expected] == [(64, 96, 3)] * 2
+        assert [e.shape for e in expected] == [(height, width, 3)] * 2
         for got_image, expected_image in zip(got_batch, expected, strict=True):
             np.testing.assert_array_equal(got_image, expected_image)
 
@@ -141,7 +146,7 @@ def test_img2img_routes_give_the_cli_pictures(
     from gradio_client import handle_file
 
     image = pictures[0]
-    for name in ("tiny", "sdxl"):
+    for name in ("builtin", "sdxl"):
         page = pages[name]
         api = client(page, tmp_path / name)
         (got,) = read(api.predict(image=handle_file(image), api_name="/img2img"))
@@ -162,7 +167,7 @@ def test_inpaint_routes_give_the_cli_pictures(
     from gradio_client import handle_file
 
     image, mask = pictures
-    for name in ("tiny", "inpaint"):
+    for name in ("builtin", "inpaint"):
         page = pages[name]
         api = client(page, tmp_path / name)
         editor = {"background": handle_file(image), "layers": [], "composite": None}
@@ -198,7 +203,7 @@ def test_inpaint_routes_give_the_cli_pictures(
 
 def test_each_page_offers_what_its_folder_runs(pages: dict[str, Page]) -> None:
     for name, offered in (
-        ("tiny", {"txt2img", "img2img", "inpaint"}),
+        ("builtin", {"txt2img", "img2img", "inpaint"}),
         ("sdxl", {"txt2img", "img2img"}),
         ("inpaint", {"inpaint"}),
     ):
@@ -215,11 +220,41 @@ def test_each_page_offers_what_its_folder_runs(pages: dict[str, Page]) -> None:
         assert set(notes) == {f"{task}-unavailable" for task in {"txt2img", "img2img", "inpaint"} - offered}, name
         for note in notes.values():
             assert "is not offered for this model." in note and "not " in note.split("model.", 1)[1], note
-    # The form's defaults are the model's: the tiny SDXL's size is its UNet's sample_size x 8.
-    with loopback_opener().open(pages["sdxl"].url + "config", timeout=30) as response:
+    # The form's defaults are the model's: the tiny SDXL's size is its UNet's sample_size x 8, the
+    # digits model's its sample_size x 4; the other defaults are the request layer's, for digits.
+    for name, expected in (("sdxl", (64, 16, 256)), ("builtin", (32, 8, 128))):
+        by_id = elements(pages[name])
+        width = by_id["txt2img-width"]["props"]
+        assert (width["value"], width["step"], width["maximum"]) == expected, name
+        assert ("txt2img-digits" in by_id) is (name == "builtin"), name
+    form = elements(pages["builtin"])
+    assert [form[f"txt2img-{name}"]["props"]["value"] for name in ("prompt", "steps", "guidance", "scheduler")] == [
+        "a handwritten 7",
+        25,
+        5,
+        "model",
+    ]
+
+
+def elements(page: Page) -> dict[str, dict[str, Any]]:
+    """The page's components by their ``elem_id``, from its config."""
+    with loopback_opener().open(page.url + "config", timeout=30) as response:
         components = json.loads(response.read())["components"]
-    width = next(c for c in components if c["props"].get("elem_id") == "txt2img-width")
-    assert (width["props"]["value"], width["props"]["step"], width["props"]["maximum"]) == (64, 16, 256)
+    return {c["props"]["elem_id"]: c for c in components if c["props"].get("elem_id")}
+
+
+def test_the_builtin_page_opens_with_the_cli_pictures_of_the_ten_digits(pages: dict[str, Page], tmp_path: Path) -> None:
+    gallery = elements(pages["builtin"])["txt2img-digits"]["props"]
+    assert gallery["format"] == "png" and gallery["columns"] == 10
+    urls = [item["image"]["url"] for item in gallery["value"]]
+    assert len(urls) == 10
+    for digit, url in enumerate(urls):
+        assert url.startswith(pages["builtin"].url) and url.endswith(".png"), url
+        with loopback_opener().open(url, timeout=30) as response:
+            got = png_array(response.read())
+        prompt = f"a handwritten {digit}"
+        expected = cli_image(tmp_path / f"{digit}.png", *pages["builtin"].model, "--prompt", prompt)
+        np.testing.assert_array_equal(got, expected, err_msg=prompt)
 
 
 # ---------------------------------------------------------------------- hostile requests
@@ -245,15 +280,15 @@ def call_raw(page: Page, task: str, data: str) -> tuple[str, str]:
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        ('["x", "", 2, NaN, 0, "model", 64, 64, 1]', "guidance: must be a finite number, got nan"),
+        ('["x", "", 2, NaN, 0, "model", 32, 32, 1]', "guidance: must be a finite number, got nan"),
         (
-            '["x", "", 2, 7.5, 0, "model", 256, 256, 1]',
-            "width: 256x256 is 65536 pixels, more than the 16384 this "
-            "model makes at most (four times its default 64x64); ask for less",
+            '["x", "", 2, 7.5, 0, "model", 128, 128, 1]',
+            "width: 128x128 is 16384 pixels, more than the 4096 this "
+            "model makes at most (four times its default 32x32); ask for less",
         ),
         (
-            '["x", "", 2, 7.5, 0, "model", 96, 72, 1]',
-            "height: must be a multiple of 16 (this model's VAE scale factor x UNet downsampling), got 72; try 64",
+            '["x", "", 2, 7.5, 0, "model", 64, 36, 1]',
+            "height: must be a multiple of 8 (this model's VAE scale factor x UNet downsampling), got 36; try 32",
         ),
         (
             '["x \\ud800", "", 2, 7.5, 0, "model", 64, 64, 1]',
@@ -266,7 +301,7 @@ def call_raw(page: Page, task: str, data: str) -> tuple[str, str]:
 def test_the_page_refuses_what_the_request_layer_refuses(
     pages: dict[str, Page], data: str, message: str | None
 ) -> None:
-    event, text = call_raw(pages["tiny"], "txt2img", data)
+    event, text = call_raw(pages["builtin"], "txt2img", data)
     assert event == "error"
     if message is not None:
         assert json.loads(text)["error"] == message
@@ -276,7 +311,8 @@ def test_the_page_refuses_what_the_request_layer_refuses(
 def test_a_generation_stops_when_its_caller_cancels(
     pages: dict[str, Page], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    service = pages["tiny"].service
+    # The tiny SDXL at 128x128: a run of 150 steps takes seconds (the digits model's largest, one).
+    service = pages["sdxl"].service
     pipe = service.pipeline("txt2img")
     runs: list[list[int]] = []
     real = type(pipe)._denoise
@@ -293,7 +329,7 @@ def test_a_generation_stops_when_its_caller_cancels(
         return real(pipe, **{**kwargs, "callback_on_step_end": on_step})
 
     monkeypatch.setattr(pipe, "_denoise", counted)
-    page = pages["tiny"]
+    page = pages["sdxl"]
     api = client(page, tmp_path)
     job = api.submit(steps=150, width=128, height=128, api_name="/txt2img")
     wait_until(lambda: runs and runs[0], timeout=60, what="the run to start")
@@ -338,7 +374,7 @@ def test_uploads_are_bounded_and_cleaned_up(pages: dict[str, Page], cache_dir: P
 
     uploads = Path(os.environ["GRADIO_TEMP_DIR"])
     # One byte over: the page reads it all, refuses it, and the answer is not lost to a reset.
-    status, answer = upload(pages["tiny"].url, 16 * 2**20 + 1)
+    status, answer = upload(pages["builtin"].url, 16 * 2**20 + 1)
     assert (status, answer) == (413, b"File size exceeded maximum allowed size of 16777216 bytes.")
     largest = max((p.stat().st_size for p in uploads.rglob("*") if p.is_file()), default=0)
     assert largest < 2**20, "the refused upload was kept"
@@ -430,31 +466,43 @@ def test_page_generates_with_a_moving_progress_bar(browser: Any, pages: dict[str
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
-    page = pages["tiny"]
+    page = pages["builtin"]
     browser.get(page.url)
     prompt = WebDriverWait(browser, 60).until(ec.element_to_be_clickable((By.CSS_SELECTOR, "#txt2img-prompt textarea")))
+    # The first screen shows the ten digits the page opened with.
+    digits = browser.find_elements(By.CSS_SELECTOR, "#txt2img-digits img")
+    assert len(digits) == 10
+    height = browser.execute_script("return window.innerHeight")
+    assert all(image.rect["y"] >= 0 and image.rect["y"] + image.rect["height"] <= height for image in digits)
+    # ORTBIND_SCREENSHOT=docs/web-ui.png makes the docs' pictures: the page as it opens
+    # (docs/web-ui-tabs.png), then after the run below (docs/web-ui.png).
+    shot = os.environ.get("ORTBIND_SCREENSHOT")
+    if shot:
+        browser.save_screenshot(str(Path(shot).with_name(Path(shot).stem + "-tabs.png")))
     prompt.clear()
-    prompt.send_keys("a lighthouse at dusk")
+    prompt.send_keys("a handwritten 3")
     set_number(browser, "#txt2img-steps input[type=number]", str(BROWSER_STEPS))
     set_number(browser, "#txt2img-seed input", "5")
+    set_number(browser, "#txt2img-batch input[type=number]", str(BROWSER_BATCH))
 
     browser.execute_script(_WATCH_PROGRESS)
     browser.find_element(By.CSS_SELECTOR, "#txt2img-generate").click()
     got = gallery_picture(browser, "txt2img", tmp_path)
-    shot = os.environ.get("ORTBIND_SCREENSHOT")
     if shot:
+        # docs/web-ui.png: the first screen, with the ten digits and the pictures just made.
+        browser.execute_script("window.scrollTo(0, 0)")
         time.sleep(0.5)  # let the gallery settle for a picture meant for the docs
         browser.save_screenshot(shot)
 
     # The bar moved: it showed several step counts of this run, rising.
     seen = browser.execute_script("return window.__progress")
-    # PNDM without its Runge-Kutta warm-up runs steps + 1 UNet steps.
-    counts = [int(m.group(1)) for text in seen if (m := re.search(rf"(\d+)/{BROWSER_STEPS + 1} step", text))]
+    # The digits model's DDIM runs the steps asked for.
+    counts = [int(m.group(1)) for text in seen if (m := re.search(rf"(\d+)/{BROWSER_STEPS} step", text))]
     assert len(set(counts) - {0}) >= 2, seen
     assert counts == sorted(counts), seen
 
-    args = ("--prompt", "a lighthouse at dusk", "--steps", str(BROWSER_STEPS), "--seed", "5")
-    np.testing.assert_array_equal(got, cli_image(tmp_path / "cli.png", *page.model, *args))
+    args = ("--prompt", "a handwritten 3", "--steps", str(BROWSER_STEPS), "--seed", "5", "--batch", str(BROWSER_BATCH))
+    np.testing.assert_array_equal(got, cli_images(tmp_path / "cli.png", *page.model, *args)[0])
 
     # Everything the page loaded came from the app itself.
     urls = {
@@ -473,7 +521,7 @@ def test_page_runs_img2img_and_inpaint(
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
-    page = pages["tiny"]
+    page = pages["builtin"]
     wait = WebDriverWait(browser, 60)
     browser.get(page.url)
     wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, "#txt2img-prompt textarea")))
@@ -486,13 +534,14 @@ def test_page_runs_img2img_and_inpaint(
     wait.until(ec.visibility_of_element_located((By.CSS_SELECTOR, "#img2img-image img")))
     prompt = browser.find_element(By.CSS_SELECTOR, "#img2img-prompt textarea")
     prompt.clear()
-    prompt.send_keys("a watercolor")
+    prompt.send_keys("a handwritten 5")
     set_number(browser, "#img2img-steps input[type=number]", "4")
     set_number(browser, "#img2img-strength input[type=number]", "0.5")
     set_number(browser, "#img2img-seed input", "7")
     browser.find_element(By.CSS_SELECTOR, "#img2img-generate").click()
     got = gallery_picture(browser, "img2img", tmp_path)
-    args = ("--prompt", "a watercolor", "--image", str(pictures[0]), "--steps", "4", "--strength", "0.5", "--seed", "7")
+    args = ("--prompt", "a handwritten 5", "--image", str(pictures[0]), "--steps", "4", "--strength", "0.5")
+    args += ("--seed", "7")
     np.testing.assert_array_equal(got, cli_image(tmp_path / "cli.png", *page.model, *args, command="img2img"))
 
     # Inpaint with an uploaded mask: the picture goes through the editor's canvas and back.

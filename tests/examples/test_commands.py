@@ -31,6 +31,9 @@ def test_the_options_are_the_fields() -> None:
     assert "(default: the model's size (its UNet's sample_size x its VAE's scale factor))" in " ".join(
         help_text.split()
     )
+    assert "--model MODEL ONNX model folder (default: the built-in digits model, trained on scikit-learn's" in " ".join(
+        help_text.split()
+    )
 
 
 @pytest.mark.parametrize(
@@ -40,13 +43,14 @@ def test_the_options_are_the_fields() -> None:
         (["--guidance", "nan"], "guidance: must be a finite number, got nan"),
         (["--guidance", "1e400"], "guidance: must be a finite number, got inf"),
         (
-            ["--width", "72"],
-            "width: must be a multiple of 16 (this model's VAE scale factor x UNet downsampling), got 72; try 64",
+            ["--width", "36"],
+            "width: must be a multiple of 8 (this model's VAE scale factor x UNet downsampling), got 36; try 32",
         ),
+        (["--width", "256"], "width: must be at most 128 (the longest side this model makes), got 256"),
         (
-            ["--width", "256", "--height", "256"],
-            "width: 256x256 is 65536 pixels, more than the 16384 this model makes "
-            "at most (four times its default 64x64); ask for less",
+            ["--width", "128", "--height", "128"],
+            "width: 128x128 is 16384 pixels, more than the 4096 this model makes "
+            "at most (four times its default 32x32); ask for less",
         ),
         (
             ["--seed", str(2**64)],
@@ -54,24 +58,25 @@ def test_the_options_are_the_fields() -> None:
             "holds exactly), got 18446744073709551616",
         ),
     ],
-    ids=["steps", "nan", "inf", "multiple", "pixels", "seed"],
+    ids=["steps", "nan", "inf", "multiple", "side", "pixels", "seed"],
 )
 def test_a_bad_option_is_refused_naming_the_field(
-    cache_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+    cache_dir: Path, digits_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
 ) -> None:
+    """On the built-in digits model (exported before the output is captured): its size, multiple and pixels."""
     assert main("txt2img", ["--cache-dir", str(cache_dir), "--out", str(tmp_path / "x.png"), *args]) == 2
     assert capsys.readouterr().err == f"txt2img: error: {message}\n"
     assert not (tmp_path / "x.png").exists()
 
 
 def test_images_are_checked_before_they_are_decoded(
-    cache_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    cache_dir: Path, digits_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     big = tmp_path / "big.png"
     Image.new("RGB", (2048, 2048)).save(big)
     assert main("img2img", ["--cache-dir", str(cache_dir), "--image", str(big), "--out", str(tmp_path / "x.png")]) == 2
     assert capsys.readouterr().err == (
-        "img2img: error: image: a 2048x2048 image has 4194304 pixels, more than the 65536 taken for this model; "
+        "img2img: error: image: a 2048x2048 image has 4194304 pixels, more than the 16384 taken for this model; "
         "send a smaller image\n"
     )
 
@@ -88,8 +93,16 @@ def test_a_folder_that_cannot_run_the_task_says_why(
     )
 
 
-def test_the_size_defaults_to_the_models(sdxl_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_size_defaults_to_the_models(
+    sdxl_dir: Path, cache_dir: Path, digits_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     picture = cli_image(tmp_path / "xl.png", "--model", str(sdxl_dir), "--steps", "2")
     assert picture.shape == (64, 64, 3)  # the tiny SDXL's UNet sample_size 8 x its VAE's 8
     out = capsys.readouterr().out
     assert "pipeline: OrtStableDiffusionXLPipeline; device: cpu; scheduler: PNDMScheduler; 64x64; 2 steps" in out
+    # Without --model: the built-in digits model, its UNet's sample_size 8 x its VAE's 4, its DDIM scheduler.
+    picture = cli_image(tmp_path / "digits.png", "--steps", "2", cache_dir=cache_dir)
+    assert picture.shape == (32, 32, 3)
+    out = capsys.readouterr().out
+    assert f"model: {digits_dir} (built-in digits model: ask for a digit, 0 to 9)" in out
+    assert "pipeline: OrtStableDiffusionPipeline; device: cpu; scheduler: DDIMScheduler; 32x32; 2 steps" in out

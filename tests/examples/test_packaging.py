@@ -8,6 +8,7 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -64,3 +65,38 @@ def test_console_scripts_point_at_importable_entry_points(wheel: zipfile.ZipFile
         assert callable(getattr(importlib.import_module(source), function)), name
         if name != "ortbind":
             assert module.startswith("ortbind_examples.stable_diffusion."), name
+
+
+def test_the_builtin_digits_model_is_in_the_wheel_whole(
+    wheel: zipfile.ZipFile, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    from examples.stable_diffusion.build import cache
+
+    # Every committed file, those the inpainting folder links to included (a wheel holds them as copies).
+    models = REPO_ROOT / "examples" / "stable_diffusion" / "models"
+    committed = {
+        Path(root, name).relative_to(models).as_posix()
+        for root, _, names in os.walk(models, followlinks=True)
+        for name in names
+    }
+    assert {"MODEL_CARD.md", "digits-inpaint/vae/config.json", "digits/unet/config.json"} <= committed
+    prefix = "ortbind_examples/stable_diffusion/models/"
+    packed = {name.removeprefix(prefix) for name in wheel.namelist() if name.startswith(prefix)}
+    assert packed == committed
+    for name in committed:
+        assert wheel.read(prefix + name) == (models / name).read_bytes(), name
+
+    # Unpacked as pip installs it: the inpainting folder loads whole, and both folders have the
+    # clone's export keys, so an installed copy exports the same ONNX folders.
+    wheel.extractall(tmp_path, [prefix + name for name in committed])
+    installed = tmp_path / prefix
+    from diffusers import StableDiffusionInpaintPipeline
+
+    with cache.quiet_libraries():
+        pipe: Any = StableDiffusionInpaintPipeline.from_pretrained(installed / "digits-inpaint")
+    assert pipe.unet.config.in_channels == 9 and pipe.vae.config.block_out_channels == [32, 64, 64]
+    keys = {kind: cache.digits_cache_key(kind) for kind in cache.DIGITS_KINDS}
+    monkeypatch.setattr(cache, "MODELS_DIR", installed)
+    assert {kind: cache.digits_cache_key(kind) for kind in cache.DIGITS_KINDS} == keys

@@ -34,7 +34,7 @@ from examples.stable_diffusion.apps.requests import (
 from .helpers import b64, raises, sample_images
 
 FACTS = ModelFacts(default_size=64, size_multiple=16, max_pixels=128 * 128, max_call_pixels=8 * 128 * 128)
-"""The tiny models' facts on a machine with memory to spare."""
+"""The tiny random-weight models' facts on a machine with memory to spare."""
 
 
 @pytest.fixture(scope="module")
@@ -49,20 +49,25 @@ def png_bytes(width: int, height: int, mode: str = "RGB") -> bytes:
 
 
 def test_defaults_come_from_the_model() -> None:
+    # What the built-in digits model draws well with (models/MODEL_CARD.md): a digit, 25 steps, guidance 5.
     request = parse("txt2img", {}, FACTS)
     assert (request.prompt, request.negative_prompt, request.steps, request.guidance, request.seed) == (
-        PROMPT,
+        "a handwritten 7",
         None,
-        20,
-        7.5,
+        25,
+        5.0,
         0,
     )
+    assert request.prompt == PROMPT
     assert (request.scheduler, request.width, request.height, request.batch) == ("model", 64, 64, 1)
+    # The digits model: UNet sample_size 8 x VAE factor 4, two UNet levels.
+    digits = ModelFacts(default_size=32, size_multiple=8, max_pixels=64 * 64, max_call_pixels=8 * 64 * 64)
+    assert (parse("txt2img", {}, digits).width, parse("txt2img", {}, digits).height) == (32, 32)
     xl = ModelFacts(default_size=1024, size_multiple=32, max_pixels=2048**2, max_call_pixels=2048**2)
     assert (parse("txt2img", {}, xl).width, parse("txt2img", {}, xl).height) == (1024, 1024)
     # The page's sliders send whole numbers as floats; so may a JSON body.
     assert parse("txt2img", {"steps": 4.0, "width": 96.0}, FACTS).steps == 4
-    assert parse("txt2img", {"steps": None}, FACTS).steps == 20  # null: the default
+    assert parse("txt2img", {"steps": None}, FACTS).steps == 25  # null: the default
 
 
 def test_image_tasks_take_the_image_size_and_their_strength(pictures: tuple[Path, Path]) -> None:
@@ -163,7 +168,7 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
     (
         "img2img",
         {"image": "PNG", "strength": 0.02},
-        "strength: 0.02 of 20 steps runs no step; raise strength to at least 0.05 or the steps",
+        "strength: 0.02 of 25 steps runs no step; raise strength to at least 0.04 or the steps",
     ),
     (
         "img2img",

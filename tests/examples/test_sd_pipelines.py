@@ -42,7 +42,7 @@ from examples.stable_diffusion.build.export import export_vae
 from examples.stable_diffusion.build.tiny import tiny_vae
 from examples.stable_diffusion.pipelines import OrtPipelineBase
 
-from .helpers import forbid_host_transfers, optimum_layout, run_python
+from .helpers import forbid_host_transfers, optimum_layout, raises, run_python
 
 pytestmark = pytest.mark.slow
 
@@ -433,9 +433,10 @@ def test_progress_callable_and_step_callback(sd_dir: Path) -> None:
 
 
 @pytest.mark.parametrize("cli", ["img2img", "inpaint"])
-def test_cli_writes_png_on_its_tiny_default(
-    cache_dir: Path, sd_dir: Path, inpaint_dir: Path, tmp_path: Path, cli: str
+def test_cli_writes_png_on_its_builtin_default(
+    cache_dir: Path, digits_dir: Path, digits_inpaint_dir: Path, tmp_path: Path, cli: str
 ) -> None:
+    """Without --model: the digits model; img2img keeps the image's size, inpaint makes the model's 32x32."""
     image_path, mask_path, out = tmp_path / "in.png", tmp_path / "mask.png", tmp_path / "out.png"
     to_pil(an_image()).save(image_path)
     square_mask().save(mask_path)
@@ -447,7 +448,7 @@ def test_cli_writes_png_on_its_tiny_default(
         str(image_path),
         *extra,
         "--prompt",
-        "a cat",
+        "a handwritten 6",
         "--steps",
         "3",
         "--cache-dir",
@@ -458,8 +459,10 @@ def test_cli_writes_png_on_its_tiny_default(
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
+    side = SIZE if cli == "img2img" else 32
     with Image.open(out) as written:
-        assert (written.size, written.mode) == ((SIZE, SIZE), "RGB")
+        assert (written.size, written.mode) == ((side, side), "RGB")
+    assert f"model: {digits_dir if cli == 'img2img' else digits_inpaint_dir} (built-in digits model" in proc.stdout
     assert f"wrote {out}" in proc.stdout
     assert ("Inpaint" if cli == "inpaint" else "Img2Img") in proc.stdout
 
@@ -492,7 +495,7 @@ def test_the_tiny_model_cache_is_keyed_by_what_builds_it(
     from examples.stable_diffusion.build import cache
 
     key = cache.tiny_cache_key()
-    assert sd_dir.name == f"tiny-sd-onnx-{key}"
+    assert sd_dir.name == f"tiny-random-sd-onnx-{key}"
     real = importlib.metadata.version
     monkeypatch.setattr(cache.importlib.metadata, "version", lambda name: "0.0" if name == "diffusers" else real(name))
     assert cache.tiny_cache_key() != key, "another diffusers would build other bytes"
@@ -506,6 +509,29 @@ def test_the_tiny_model_cache_is_keyed_by_what_builds_it(
         assert ensure_tiny_model(cache_dir, kind="sd") == sd_dir
     finally:
         shutil.rmtree(stale)
+
+
+def test_the_digits_export_is_keyed_by_the_committed_weights(
+    digits_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from examples.stable_diffusion.build import cache
+
+    keys = {kind: cache.digits_cache_key(kind) for kind in cache.DIGITS_KINDS}
+    assert digits_dir.name == f"digits-onnx-{keys['digits']}"
+    assert keys["digits"] != keys["digits-inpaint"]
+    # A copy of the committed folders (the inpainting one's links kept) has the same keys ...
+    copy = tmp_path / "models"
+    shutil.copytree(cache.MODELS_DIR, copy, symlinks=True)
+    assert (copy / "digits-inpaint" / "vae").is_symlink()
+    monkeypatch.setattr(cache, "MODELS_DIR", copy)
+    assert {kind: cache.digits_cache_key(kind) for kind in cache.DIGITS_KINDS} == keys
+    # ... and one byte more in the shared VAE's config changes both: retrained weights are exported afresh.
+    config = copy / "digits" / "vae" / "config.json"
+    config.write_text(config.read_text() + " ")
+    changed = {kind: cache.digits_cache_key(kind) for kind in cache.DIGITS_KINDS}
+    assert all(changed[kind] != keys[kind] for kind in keys), (changed, keys)
+    with raises(ValueError, "kind: expected one of digits, digits-inpaint, got 'sd'"):
+        cache.ensure_digits_model(tmp_path, kind="sd")  # type: ignore[arg-type]
 
 
 def test_the_package_imports_diffusers_only_when_a_pipeline_is_used() -> None:

@@ -1,9 +1,9 @@
-"""The Ray Serve server (``examples.stable_diffusion.serve``) on the tiny models, on loopback only.
+"""The Ray Serve server (``examples.stable_diffusion.serve``) on the built-in and tiny models, on loopback only.
 
 One Serve instance runs five applications side by side, each a deployment of the server:
 
-- ``/``: the built-in tiny models, two CPU replicas;
-- ``/sdxl`` and ``/inpainting``: a tiny SDXL folder and a tiny inpainting folder, as ``--model``;
+- ``/``: the built-in digits model (no ``--model``), two CPU replicas;
+- ``/sdxl`` and ``/inpainting``: a tiny random-weight SDXL folder and inpainting folder, as ``--model``;
 - ``/batched``: one replica whose batches start only once four requests are there (the wait is
   long enough never to end first), so batching is driven by reaching the batch size;
 - ``/strict``: one replica that gives a request 50 ms.
@@ -58,11 +58,11 @@ def apps(cache_dir: Path, sdxl_dir: Path, inpaint_dir: Path) -> Iterator[dict[st
     from examples.stable_diffusion.apps.serve import deploy, start_ray
     from examples.stable_diffusion.apps.service import Service
 
-    tiny = Service(None, cache_dir=cache_dir)
-    for task in tiny.tasks():
-        tiny.folder(task)  # build the tiny models here, once, not in every replica
+    builtin = Service(None, cache_dir=cache_dir)
+    for task in builtin.tasks():
+        builtin.folder(task)  # export the built-in model here, once, not in every replica
     settings: dict[str, dict[str, Any]] = {
-        "tiny": {"model_dir": None, "replicas": 2, "route_prefix": "/", "max_batch_size": BATCH},
+        "builtin": {"model_dir": None, "replicas": 2, "route_prefix": "/", "max_batch_size": BATCH},
         "sdxl": {"model_dir": sdxl_dir, "route_prefix": "/sdxl"},
         "inpainting": {"model_dir": inpaint_dir, "route_prefix": "/inpainting"},
         "batched": {"model_dir": None, "route_prefix": "/batched", "max_batch_size": BATCH, "batch_wait_s": 600.0},
@@ -136,20 +136,27 @@ def assert_json_error(status: int, headers: Any, payload: bytes, expected_status
 
 
 def test_each_application_lists_what_its_folder_serves(apps: dict[str, App]) -> None:
-    tiny = listing(apps["tiny"])
-    assert tiny["tasks"] == ["txt2img", "img2img", "inpaint"] and tiny["unavailable"] == {}
-    fields = {f["name"]: f for f in tiny["fields"]["txt2img"]}
+    builtin = listing(apps["builtin"])
+    assert builtin["tasks"] == ["txt2img", "img2img", "inpaint"] and builtin["unavailable"] == {}
+    fields = {f["name"]: f for f in builtin["fields"]["txt2img"]}
     assert list(fields) == ["prompt", "negative_prompt", "steps", "guidance", "seed", "scheduler", "width", "height"]
+    # The digits model's size: its UNet's sample_size 8 x its VAE's 4; the rest, the defaults for digits.
     assert fields["width"] == {
         "name": "width",
         "kind": "int",
         "help": "pixels, a multiple of the model's size multiple",
-        "default": 64,
-        "min": 16,
-        "max": 256,
+        "default": 32,
+        "min": 8,
+        "max": 128,
     }
-    assert fields["steps"]["max"] == 150 and fields["scheduler"]["default"] == "model"
-    assert [f["name"] for f in tiny["fields"]["inpaint"]][2:5] == ["image", "mask_image", "strength"]
+    assert [fields[name]["default"] for name in ("prompt", "steps", "guidance", "scheduler")] == [
+        "a handwritten 7",
+        25,
+        5.0,
+        "model",
+    ]
+    assert fields["steps"]["max"] == 150
+    assert [f["name"] for f in builtin["fields"]["inpaint"]][2:5] == ["image", "mask_image", "strength"]
 
     sdxl = listing(apps["sdxl"])
     assert sdxl["tasks"] == ["txt2img", "img2img"]
@@ -159,18 +166,18 @@ def test_each_application_lists_what_its_folder_serves(apps: dict[str, App]) -> 
     assert set(inpainting["unavailable"]) == {"txt2img", "img2img"}
     message = assert_json_error(*post_json(f"{apps['sdxl'].url}/inpaint", {}), 404, "route")
     assert message.startswith("route: no route /inpaint: ") and message.endswith("not inpainting")
-    message = assert_json_error(*post_json(f"{apps['tiny'].url}/img2pdf", {}), 404, "route")
+    message = assert_json_error(*post_json(f"{apps['builtin'].url}/img2pdf", {}), 404, "route")
     assert message == "route: no route /img2pdf; the routes are POST /txt2img, POST /img2img, POST /inpaint"
-    message = assert_json_error(*http(f"{apps['tiny'].url}/txt2img"), 405, "method")
+    message = assert_json_error(*http(f"{apps['builtin'].url}/txt2img"), 405, "method")
     assert message == "method: /txt2img takes POST with a JSON body, got GET"
 
 
 # ---------------------------------------------------------------------- every route against the CLI
 
 ROUTES = [
-    ("tiny", "txt2img"),
-    ("tiny", "img2img"),
-    ("tiny", "inpaint"),
+    ("builtin", "txt2img"),
+    ("builtin", "img2img"),
+    ("builtin", "inpaint"),
     ("sdxl", "txt2img"),
     ("sdxl", "img2img"),
     ("inpainting", "inpaint"),
@@ -195,8 +202,10 @@ def test_every_route_gives_the_cli_picture(
     custom_flags = ["--prompt", "a red door", "--negative-prompt", "fog", "--steps", str(STEPS), "--seed", "7"]
     custom_flags += ["--guidance", "4", "--scheduler", "euler"]
     if task == "txt2img":
-        custom |= {"width": 96, "height": 48}
-        custom_flags += ["--width", "96", "--height", "48"]
+        # Not the default size, within the model's pixels (the digits model's: 64x64).
+        width, height = (64, 32) if name == "builtin" else (96, 48)
+        custom |= {"width": width, "height": height}
+        custom_flags += ["--width", str(width), "--height", str(height)]
     elif task == "img2img":
         custom["strength"] = 0.6
         custom_flags += ["--strength", "0.6"]
@@ -232,14 +241,14 @@ HOSTILE: list[tuple[str, bytes, int, str, str]] = [
         "steps",
         "steps: must be at most 150 (the most steps one request may run)",
     ),
-    ("txt2img", b'{"width": 100000, "height": 100000}', 422, "width", "width: must be at most 256"),
-    ("txt2img", b'{"width": 256, "height": 256}', 422, "width", "width: 256x256 is 65536 pixels, more than the 16384"),
+    ("txt2img", b'{"width": 100000, "height": 100000}', 422, "width", "width: must be at most 128"),
+    ("txt2img", b'{"width": 128, "height": 128}', 422, "width", "width: 128x128 is 16384 pixels, more than the 4096"),
     (
         "txt2img",
-        b'{"width": 72}',
+        b'{"width": 36}',
         422,
         "width",
-        "width: must be a multiple of 16 (this model's VAE scale factor x UNet downsampling), got 72; try 64",
+        "width: must be a multiple of 8 (this model's VAE scale factor x UNet downsampling), got 36; try 32",
     ),
     ("txt2img", b'{"guidance": NaN}', 400, "body", "body: not valid JSON (NaN is not a JSON number)"),
     ("txt2img", b'{"guidance": Infinity}', 400, "body", "body: not valid JSON (Infinity is not a JSON number)"),
@@ -268,7 +277,7 @@ HOSTILE: list[tuple[str, bytes, int, str, str]] = [
         b'{"image": "BIG_PNG"}',
         422,
         "image",
-        "image: a 2048x2048 image has 4194304 pixels, more than the 65536 taken for this model",
+        "image: a 2048x2048 image has 4194304 pixels, more than the 16384 taken for this model",
     ),
     ("inpaint", b'{"image": "PNG", "mask_image": "BIG_PNG"}', 422, "mask_image", "mask_image: a 2048x2048 image"),
     (
@@ -289,7 +298,7 @@ def test_hostile_requests_get_a_json_4xx_naming_the_field(
 ) -> None:
     body = body.replace(b'"BIG_PNG"', f'"{_big_png()}"'.encode()).replace(b'"PNG"', f'"{b64(pictures[0])}"'.encode())
     started = time.monotonic()
-    got = assert_json_error(*http(f"{apps['tiny'].url}/{task}", body), status, field)
+    got = assert_json_error(*http(f"{apps['builtin'].url}/{task}", body), status, field)
     assert got.startswith(message), got
     assert time.monotonic() - started < 30, "refused before any work"
 
@@ -309,7 +318,7 @@ def test_a_body_over_the_limit_is_refused_unread(apps: dict[str, App]) -> None:
 
     limit = Limits().json_bytes()
     # The headers announce a body over the limit; none of it is sent, and the answer comes all the same.
-    with raw_post(apps["tiny"], "txt2img", f"Content-Length: {limit + 1}\r\n".encode()) as connection:
+    with raw_post(apps["builtin"], "txt2img", f"Content-Length: {limit + 1}\r\n".encode()) as connection:
         answer = b""
         while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
             chunk = connection.recv(65536)
@@ -321,7 +330,7 @@ def test_a_body_over_the_limit_is_refused_unread(apps: dict[str, App]) -> None:
 
 
 def test_a_run_past_its_time_is_stopped_with_a_503(apps: dict[str, App]) -> None:
-    body = {"steps": 150, "width": 128, "height": 128}
+    body = {"steps": 150, "width": 64, "height": 64}  # about a second on the digits model: past 50 ms
     message = assert_json_error(*post_json(f"{apps['strict'].url}/txt2img", body), 503, None)
     assert message == (
         "the run took longer than this server gives one request and was stopped; ask for fewer steps or a smaller image"
@@ -384,7 +393,7 @@ def test_many_callers_on_two_replicas_with_bad_ones_among_them(apps: dict[str, A
         else:
             calls.append((json.dumps({"prompt": f"a sphere {i}", "steps": STEPS, "seed": i}).encode(), None))
     with ThreadPoolExecutor(32) as pool:
-        answers = list(pool.map(lambda c: http(f"{apps['tiny'].url}/txt2img", c[0]), calls))
+        answers = list(pool.map(lambda c: http(f"{apps['builtin'].url}/txt2img", c[0]), calls))
     local = Service(None, cache_dir=cache_dir)
     replicas = set()
     for (body, field), answer in zip(calls, answers, strict=True):
@@ -406,15 +415,16 @@ def test_a_killed_replica_answers_in_json(apps: dict[str, App]) -> None:
     import ray
     from ray import serve
 
-    app = apps["tiny"]
-    body = json.dumps({"steps": 150, "width": 128, "height": 128}).encode()
+    app = apps["builtin"]
+    # The digits model's largest picture: a batch of four takes seconds.
+    body = json.dumps({"steps": 150, "width": 64, "height": 64}).encode()
     with ThreadPoolExecutor(4) as pool:
         futures = [pool.submit(http, f"{app.url}/txt2img", body) for _ in range(4)]
         wait_until(lambda: listing(app)["running"] > 0, timeout=60, what="a run to start")
         names = [
             (actor["name"], actor["namespace"])
             for actor in ray.util.list_named_actors(all_namespaces=True)
-            if "SERVE_REPLICA" in actor["name"] and "tiny" in actor["name"]
+            if "SERVE_REPLICA" in actor["name"] and "builtin" in actor["name"]
         ]
         assert len(names) == 2, names
         for name, namespace in names:
@@ -432,7 +442,7 @@ def test_a_killed_replica_answers_in_json(apps: dict[str, App]) -> None:
         assert error["field"] is None and "Traceback" not in error["error"], error
     assert errors > 0, "no request was in flight on the killed replicas"
     wait_until(
-        lambda: serve.status().applications["tiny"].status == "RUNNING" and listing(app)["tasks"],
+        lambda: serve.status().applications["builtin"].status == "RUNNING" and listing(app)["tasks"],
         timeout=180,
         what="Serve to replace the killed replicas",
         every=0.5,

@@ -39,7 +39,8 @@ def optimum_sd_dir(sd_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 
 @pytest.fixture(scope="module")
-def tiny(cache_dir: Path) -> Service:
+def builtin(cache_dir: Path) -> Service:
+    """No folder given: the built-in digits model."""
     return Service(None, cache_dir=cache_dir)
 
 
@@ -58,9 +59,19 @@ def only(outcome: Any) -> Result:
 
 
 def test_each_folder_offers_what_it_runs(
-    tiny: Service, sd_dir: Path, inpaint_dir: Path, sdxl_dir: Path, optimum_sd_dir: Path
+    builtin: Service,
+    digits_dir: Path,
+    digits_inpaint_dir: Path,
+    sd_dir: Path,
+    inpaint_dir: Path,
+    sdxl_dir: Path,
+    optimum_sd_dir: Path,
 ) -> None:
-    assert tiny.tasks() == ["txt2img", "img2img", "inpaint"]
+    # The built-in model runs every task: the digits folder two, its inpainting folder the third.
+    assert builtin.tasks() == ["txt2img", "img2img", "inpaint"]
+    assert [builtin.folder(task) for task in builtin.tasks()] == [digits_dir, digits_dir, digits_inpaint_dir]
+    assert type(builtin.pipeline("inpaint")) is OrtStableDiffusionInpaintPipeline
+    assert builtin.pipeline("txt2img").unet is builtin.pipeline("img2img").unet
     expected = {
         sd_dir: {"txt2img": OrtStableDiffusionPipeline, "img2img": OrtStableDiffusionImg2ImgPipeline},
         optimum_sd_dir: {"txt2img": OrtStableDiffusionPipeline, "img2img": OrtStableDiffusionImg2ImgPipeline},
@@ -83,7 +94,10 @@ def test_each_folder_offers_what_it_runs(
     assert sdxl.pipeline("txt2img").unet is sdxl.pipeline("img2img").unet
 
 
-def test_defaults_come_from_each_model(sdxl_dir: Path, tmp_path: Path, sd_dir: Path) -> None:
+def test_defaults_come_from_each_model(sdxl_dir: Path, tmp_path: Path, sd_dir: Path, digits_dir: Path) -> None:
+    # The digits model's UNet has sample_size 8 and two levels; its VAE (three blocks) scales by 4.
+    facts = Service(digits_dir).facts("txt2img")
+    assert (facts.default_size, facts.size_multiple, facts.max_pixels) == (32, 8, 64 * 64)
     facts = Service(sdxl_dir).facts("txt2img")
     # The tiny SDXL's UNet has sample_size 8 and two levels; its VAE scales by 8.
     assert (facts.default_size, facts.size_multiple, facts.max_pixels) == (64, 16, 128 * 128)
@@ -102,6 +116,9 @@ def test_defaults_come_from_each_model(sdxl_dir: Path, tmp_path: Path, sd_dir: P
 @pytest.mark.parametrize(
     ("folder", "task", "values"),
     [
+        ("builtin", "txt2img", {}),
+        ("builtin", "img2img", {"prompt": "three", "strength": 0.9}),
+        ("builtin", "inpaint", {}),
         ("sdxl", "txt2img", {"prompt": "a red cube"}),
         ("sdxl", "img2img", {"prompt": "a red cube", "strength": 0.75}),
         ("optimum_sd", "txt2img", {"guidance": 3.0, "negative_prompt": "fog"}),
@@ -110,13 +127,19 @@ def test_defaults_come_from_each_model(sdxl_dir: Path, tmp_path: Path, sd_dir: P
 )
 def test_a_request_runs_the_folders_pipeline_as_documented(
     request: pytest.FixtureRequest,
+    cache_dir: Path,
     pictures: tuple[Path, Path],
     folder: str,
     task: str,
     values: dict[str, Any],
 ) -> None:
-    path = request.getfixturevalue(f"{folder}_dir")
-    service = Service(path)
+    if folder == "builtin":
+        # No folder given: the request runs the digits model's export with the defaults for digits.
+        path = request.getfixturevalue("digits_inpaint_dir" if task == "inpaint" else "digits_dir")
+        service = Service(None, cache_dir=cache_dir)
+    else:
+        path = request.getfixturevalue(f"{folder}_dir")
+        service = Service(path)
     image, mask = pictures
     sent = {**values, "steps": STEPS, "seed": 5}
     if task != "txt2img":
@@ -127,28 +150,29 @@ def test_a_request_runs_the_folders_pipeline_as_documented(
     pipe = type(service.pipeline(task)).from_pretrained(path)
     call: dict[str, Any] = {
         "num_inference_steps": STEPS,
-        "guidance_scale": values.get("guidance", 7.5),
+        "guidance_scale": values.get("guidance", 5.0),
         "negative_prompt": values.get("negative_prompt"),
         "generator": torch.Generator().manual_seed(5),
         "progress": False,
     }
     from PIL import Image
 
+    size = 32 if folder == "builtin" else 64  # the model's: UNet sample_size 8 x VAE factor 4 or 8
     if task == "txt2img":
-        call |= {"height": 64, "width": 64}
+        call |= {"height": size, "width": size}
     if task != "txt2img":
         call["image"] = Image.open(image).convert("RGB")
-        call["strength"] = values.get("strength", 0.8)
+        call["strength"] = values.get("strength", 0.8 if task == "img2img" else 1.0)
     if task == "inpaint":
-        call |= {"mask_image": Image.open(mask).convert("L"), "height": 64, "width": values["width"]}
-    expected = pipe(values.get("prompt", "an astronaut riding a horse on the moon"), **call).images[0]
+        call |= {"mask_image": Image.open(mask).convert("L"), "height": size, "width": values.get("width", size)}
+    expected = pipe(values.get("prompt", "a handwritten 7"), **call).images[0]
     assert got.pipeline == type(pipe).__name__
     np.testing.assert_array_equal(pixels(got.images[0]), pixels(expected))
 
 
 @pytest.mark.parametrize("scheduler", ["pndm", "euler", "model"])
-def test_batched_requests_keep_their_pictures(tiny: Service, sdxl_dir: Path, scheduler: str) -> None:
-    for service in (tiny, Service(sdxl_dir)):
+def test_batched_requests_keep_their_pictures(builtin: Service, sdxl_dir: Path, scheduler: str) -> None:
+    for service in (builtin, Service(sdxl_dir)):
         requests = [
             service.parse("txt2img", {"prompt": "a red cube", "seed": 1, "steps": STEPS, "scheduler": scheduler}),
             service.parse(
@@ -166,12 +190,12 @@ def test_batched_requests_keep_their_pictures(tiny: Service, sdxl_dir: Path, sch
                 assert np.abs(pixels(got) - pixels(expected)).max() <= 2, (request, scheduler)
 
 
-def test_what_cannot_share_a_call_runs_alone(tiny: Service, sdxl_dir: Path, pictures: tuple[Path, Path]) -> None:
-    parse = tiny.parse
+def test_what_cannot_share_a_call_runs_alone(builtin: Service, sdxl_dir: Path, pictures: tuple[Path, Path]) -> None:
+    parse = builtin.parse
     ancestral = [parse("txt2img", {"seed": s, "steps": 2, "scheduler": "euler-ancestral"}) for s in (1, 2)]
-    assert [only(o).batch_size for o in tiny.run(ancestral)] == [1, 1]
+    assert [only(o).batch_size for o in builtin.run(ancestral)] == [1, 1]
     images = [parse("img2img", {"image": pictures[0], "steps": 2, "seed": s}) for s in (1, 2)]
-    assert [only(o).batch_size for o in tiny.run(images)] == [1, 1]
+    assert [only(o).batch_size for o in builtin.run(images)] == [1, 1]
     # SDXL guides against zeros without a negative prompt: with and without one never share a call.
     xl = Service(sdxl_dir)
     mixed = [xl.parse("txt2img", {"steps": 2}), xl.parse("txt2img", {"steps": 2, "negative_prompt": "fog"})]
@@ -179,23 +203,24 @@ def test_what_cannot_share_a_call_runs_alone(tiny: Service, sdxl_dir: Path, pict
 
 
 def test_calls_stay_within_the_memory_budget(cache_dir: Path) -> None:
-    # Room for two 64x64 images a call: four requests make two calls.
-    service = Service(None, cache_dir=cache_dir, memory_bytes=2 * 64 * 64 * 20 * 4 * 32)
-    assert service.facts("txt2img").max_call_pixels == 2 * 64 * 64
+    # Room for two 32x32 images a call (the digits VAE has 32 channels at full resolution): four
+    # requests make two calls.
+    service = Service(None, cache_dir=cache_dir, memory_bytes=2 * 32 * 32 * 20 * 4 * 32)
+    assert service.facts("txt2img").max_call_pixels == 2 * 32 * 32
     requests = [service.parse("txt2img", {"seed": s, "steps": 2}) for s in range(4)]
     assert [only(o).batch_size for o in service.run(requests)] == [2, 2, 2, 2]
     with raises(
         RequestError,
-        "batch: 3 x 64x64 is 12288 pixels, more than the 8192 one call may make here (20 MiB for a call, about "
+        "batch: 3 x 32x32 is 3072 pixels, more than the 2048 one call may make here (5 MiB for a call, about "
         "2560 bytes a pixel); ask for fewer or smaller images",
     ):
         service.parse("txt2img", {"batch": 3})
 
 
-def test_a_failing_call_fails_only_its_own_request(tiny: Service, monkeypatch: pytest.MonkeyPatch) -> None:
-    requests = [tiny.parse("txt2img", {"prompt": p, "seed": i, "steps": 2}) for i, p in enumerate("abcd")]
-    alone = [only(tiny.run([r])[0]).images[0] for r in requests]
-    pipe = tiny.pipeline("txt2img")
+def test_a_failing_call_fails_only_its_own_request(builtin: Service, monkeypatch: pytest.MonkeyPatch) -> None:
+    requests = [builtin.parse("txt2img", {"prompt": p, "seed": i, "steps": 2}) for i, p in enumerate("abcd")]
+    alone = [only(builtin.run([r])[0]).images[0] for r in requests]
+    pipe = builtin.pipeline("txt2img")
     cls = type(pipe)
     real = cls.__call__
 
@@ -206,7 +231,7 @@ def test_a_failing_call_fails_only_its_own_request(tiny: Service, monkeypatch: p
         return real(self, prompt, **kwargs)
 
     monkeypatch.setattr(cls, "__call__", poisoned)
-    outcomes = tiny.run(requests)
+    outcomes = builtin.run(requests)
     failure = outcomes[2]
     assert isinstance(failure, ModelFailedError) and failure.status == 500
     assert failure.message == "the model failed on a valid request: RuntimeError: the UNet run failed"
@@ -242,13 +267,13 @@ def test_a_run_stops_when_its_callers_are_gone(cache_dir: Path) -> None:
     # The first caller has left; the second leaves once four steps have run.
     outcomes = service.run(requests, gone=[lambda: True, lambda: len(steps) >= 4])
     assert all(isinstance(o, CallerGoneError) and o.status == 499 for o in outcomes), outcomes
-    assert steps == [0, 1, 2, 3], "checked after each step, stopped after the fourth of 151"
+    assert steps == [0, 1, 2, 3], "checked after each step, stopped after the fourth of 150"
     # One caller gone, the other still there: the call runs to its end for the one left.
     steps.clear()
     requests = [service.parse("txt2img", {"seed": s, "steps": 3}) for s in (1, 2)]
     outcomes = service.run(requests, gone=[lambda: True, lambda: False])
     assert [type(o) for o in outcomes] == [Result, Result]
-    assert steps == [0, 1, 2, 3]  # PNDM without its warm-up runs steps + 1
+    assert steps == [0, 1, 2]  # the digits model's DDIM runs its 3 steps
 
 
 def test_a_run_stops_at_its_deadline(cache_dir: Path) -> None:
@@ -273,16 +298,18 @@ def test_a_run_stops_at_its_deadline(cache_dir: Path) -> None:
     assert isinstance(late, RunTimeoutError) and steps == []
 
 
-def test_memory_goes_back_after_the_largest_request(tiny: Service) -> None:
-    small = tiny.parse("txt2img", {"steps": 2})
-    largest = tiny.parse("txt2img", {"steps": 2, "width": 128, "height": 128, "batch": 8})
+def test_memory_goes_back_after_the_largest_request(sd_dir: Path) -> None:
+    # The tiny random-weight SD: its largest request (8 x 128x128) is 8 times the digits model's.
+    service = Service(sd_dir)
+    small = service.parse("txt2img", {"steps": 2})
+    largest = service.parse("txt2img", {"steps": 2, "width": 128, "height": 128, "batch": 8})
     for _ in range(2):
-        only(tiny.run([small])[0])
+        only(service.run([small])[0])
     gc.collect()
     before = rss_mib()
     for _ in range(2):
-        only(tiny.run([largest])[0])
-        only(tiny.run([small])[0])
+        only(service.run([largest])[0])
+        only(service.run([small])[0])
     gc.collect()
     after = rss_mib()
     print(f"RSS before {before:.0f} MiB, after the largest requests {after:.0f} MiB")

@@ -189,13 +189,14 @@ def test_inputs_take_their_dtype_from_the_session_specs(ours: OrtStableDiffusion
     assert ours._ids_dtype == ours.text_encoder.spec.input("input_ids").dtype
 
 
-def test_cli_writes_png_on_the_embedded_default(cache_dir: Path, onnx_dir: Path, tmp_path: Path) -> None:
+def test_cli_writes_png_on_the_embedded_default(cache_dir: Path, digits_dir: Path, tmp_path: Path) -> None:
+    """The command as a user runs it, on the built-in digits model (32x32 by default)."""
     out = tmp_path / "img.png"
     proc = run_python(
         "-m",
         "examples.stable_diffusion.txt2img",
         "--prompt",
-        "a cat",
+        "a handwritten 2",
         "--steps",
         "3",
         "--cache-dir",
@@ -215,7 +216,7 @@ def test_cli_writes_png_on_the_embedded_default(cache_dir: Path, onnx_dir: Path,
     paths = [tmp_path / "img-0.png", tmp_path / "img-1.png"]
     for path in paths:
         with Image.open(path) as image:
-            assert (image.size, image.mode) == ((128, 64), "RGB")
+            assert (image.size, image.mode) == ((128, 32), "RGB")
         assert f"wrote {path}" in proc.stdout
     assert "ms per step" in proc.stdout
 

@@ -22,7 +22,7 @@ from .service import Service, add_model_options
 __all__ = ["build_parser", "img2img", "inpaint", "main", "txt2img"]
 
 _DESCRIPTIONS = {
-    "txt2img": "Text to image on an ONNX Stable Diffusion folder (SD 1.x/2.x or SDXL), or the built-in tiny model.",
+    "txt2img": "Text to image on an ONNX Stable Diffusion folder (SD 1.x/2.x or SDXL).",
     "img2img": "Image to image on an ONNX Stable Diffusion folder with a vae_encoder/ (SD 1.x/2.x or SDXL).",
     "inpaint": "Inpainting on an ONNX inpainting folder (a 9-channel UNet): repaint the white part of the mask.",
 }
@@ -33,7 +33,9 @@ def build_parser(task: str) -> argparse.ArgumentParser:
     """The parser of ``task``'s command: its request fields, then where to run and what to write."""
     parser = argparse.ArgumentParser(
         prog=task,
-        description=_DESCRIPTIONS[task] + " Without --model, a tiny random-weight model is built on first use.",
+        description=_DESCRIPTIONS[task]
+        + " Without --model, the built-in digits model (trained on scikit-learn's handwritten digits) draws the "
+        "digit the prompt names; it is exported to ONNX on first use.",
     )
     for spec in TASKS[task]:
         parser.add_argument(spec.option(), dest=spec.name, **_option(spec))
@@ -95,7 +97,7 @@ def main(task: str, argv: Sequence[str] | None = None) -> int:
     for image, path in zip(result.images, paths, strict=True):
         image.save(path)
     outside = 1 - result.ort_seconds / result.seconds if result.seconds else 0.0
-    model = "built-in tiny random weights: noise, not art" if service.tiny else "given"
+    model = "built-in digits model: ask for a digit, 0 to 9" if service.builtin else "given"
     print(f"model: {service.folder(task)} ({model})")
     print(
         f"pipeline: {result.pipeline}; device: {args.device}; scheduler: {result.scheduler}; "

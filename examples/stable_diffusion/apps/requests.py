@@ -6,6 +6,10 @@ the command line's ``--option``; its kind, default, bounds and help are written 
 :class:`.errors.RequestError` naming the field. The command lines build their options from the
 fields, the page its form and API, the server its routes and ``GET /`` listing.
 
+The defaults that do not depend on the model are the ones the built-in digits model draws well
+with (``models/MODEL_CARD.md``): the prompt ``"a handwritten 7"``, 25 steps, guidance 5, and the
+model's own scheduler (DDIM for the digits model).
+
 Defaults and limits that depend on the model come from :class:`ModelFacts`, which the service
 (:mod:`.service`) reads from the folder a task runs: the image size (the UNet's ``sample_size``
 times the VAE's scale factor), what sizes must be multiples of, the most pixels one image may
@@ -47,7 +51,8 @@ __all__ = [
     "parse",
 ]
 
-PROMPT = "an astronaut riding a horse on the moon"
+PROMPT = "a handwritten 7"
+"""The default prompt: a digit, which the built-in digits model draws (``make demo`` asks for it too)."""
 MODEL_SCHEDULER = "model"
 """The scheduler name that stands for the class the model's ``scheduler_config.json`` names."""
 SCHEDULER_CHOICES = (MODEL_SCHEDULER, *SCHEDULERS)
@@ -88,7 +93,8 @@ class ModelFacts:
 
     Attributes:
         default_size: The image side when none is given: the UNet's ``sample_size`` times the VAE's
-            scale factor (64 on the tiny models, 512 for SD 1.5, 1024 for SDXL).
+            scale factor (32 on the built-in digits model, 64 on the tiny random-weight ones, 512 for
+            SD 1.5, 1024 for SDXL).
         size_multiple: Heights and widths must be multiples of it (the VAE's scale factor times the
             UNet's downsampling).
         max_pixels: The most pixels one image may have: four times the default image's.
@@ -169,7 +175,7 @@ STEPS_FIELD = Field(
     "steps",
     "int",
     "denoising steps",
-    default=20,
+    default=25,
     bounds=lambda facts: (1, facts.limits.max_steps),
     limit="the most steps one request may run",
 )
@@ -177,7 +183,7 @@ GUIDANCE_FIELD = Field(
     "guidance",
     "number",
     "classifier-free guidance scale (at or below 1: off)",
-    default=7.5,
+    default=5.0,
     bounds=lambda facts: (0.0, facts.limits.max_guidance),
     limit="far above any useful guidance",
 )

@@ -87,9 +87,9 @@ class StableDiffusionReplica:
     Deployed as :data:`StableDiffusionServer`.
 
     Args:
-        model_dir: An ONNX Stable Diffusion folder; ``None`` for the built-in tiny models.
+        model_dir: An ONNX Stable Diffusion folder; ``None`` for the built-in digits model.
         device: ``cpu`` or ``cuda`` (the GPU Ray gave this replica).
-        cache_dir: Where the tiny models are built.
+        cache_dir: Where the built-in model is exported to ONNX.
         max_batch_size: The most requests one batch takes.
         batch_wait_s: How long the first request of a batch waits for others.
         max_seconds: The longest a request may take, from its arrival.
@@ -313,10 +313,10 @@ def deploy(
     """Run the deployment on the connected Ray cluster; returns its base URL.
 
     Args:
-        model_dir: An ONNX folder every node can read; ``None`` for the tiny models.
+        model_dir: An ONNX folder every node can read; ``None`` for the built-in digits model.
         replicas: How many; by default one per GPU in the cluster, else one.
         device: ``cuda`` or ``cpu``; by default ``cuda`` when the cluster has GPUs.
-        cache_dir: Where each node builds the tiny models.
+        cache_dir: Where each node exports the built-in model.
         host: The HTTP proxy's address (Serve starts it with the first application).
         port: The HTTP proxy's port.
         max_batch_size: The most requests one batch takes.
@@ -405,7 +405,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (NetworkRefusedError, ValueError, FileNotFoundError) as exc:
         print(f"serve: error: {exc}", file=sys.stderr)
         return 2
-    # What the folder runs, as each replica works it out (the tiny models run every task).
+    # What the folder runs, as each replica works it out (the built-in model runs every task).
     local = Service(args.model, "cpu", cache_dir=args.cache_dir)
     for task in TASKS:
         reason = local.unavailable(task)

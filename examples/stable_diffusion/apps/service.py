@@ -37,8 +37,7 @@ from PIL import Image
 
 import ortbind
 
-from ..build.cache import ensure_tiny_model
-from ..build.tiny import TinyKind
+from ..build.cache import DigitsKind, ensure_digits_model
 from ..pipelines import (
     ModelFolder,
     OrtPipelineBase,
@@ -55,7 +54,7 @@ from .requests import MODEL_SCHEDULER, TASKS, Limits, ModelFacts, Request, parse
 __all__ = ["TASK_MODELS", "Result", "Service", "TaskModel", "add_model_options", "seeded_generator"]
 
 # Bytes a pipeline call takes per output pixel and per channel of the VAE's full-resolution
-# blocks: the decoder's activations dominate. Measured on the tiny model (32 channels): about 7;
+# blocks: the decoder's activations dominate. Measured on the tiny random-weight model (32 channels): about 7;
 # 20 leaves room for the UNet's attention, the images and the allocator.
 _BYTES_PER_PIXEL_CHANNEL = 20 * 4
 # A VAE whose config is not in the folder: SD's and SDXL's have 128 channels at full resolution.
@@ -68,19 +67,19 @@ class TaskModel:
 
     Attributes:
         pipeline_task: What :func:`.pipelines.pipeline_for_model` calls the task.
-        tiny_kind: The tiny model it runs without a model folder (inpainting has its own).
+        builtin: The built-in digits model it runs without a model folder (inpainting has its own).
         needs: Components it needs besides the text-to-image ones.
     """
 
     pipeline_task: Task
-    tiny_kind: TinyKind
+    builtin: DigitsKind
     needs: tuple[str, ...] = ()
 
 
 TASK_MODELS: dict[str, TaskModel] = {
-    "txt2img": TaskModel("text-to-image", "sd"),
-    "img2img": TaskModel("image-to-image", "sd", ("vae_encoder",)),
-    "inpaint": TaskModel("inpainting", "inpaint", ("vae_encoder",)),
+    "txt2img": TaskModel("text-to-image", "digits"),
+    "img2img": TaskModel("image-to-image", "digits", ("vae_encoder",)),
+    "inpaint": TaskModel("inpainting", "digits-inpaint", ("vae_encoder",)),
 }
 """Task name (a key of :data:`.requests.TASKS`) -> the model it runs."""
 
@@ -115,9 +114,15 @@ Outcome = Result | AppError
 def add_model_options(parser: argparse.ArgumentParser, *, device: str | None = "cpu", device_help: str = "") -> None:
     """The options every command takes to say which model runs where: ``--model``, ``--cache-dir``, ``--device``."""
     parser.add_argument(
-        "--model", type=Path, default=None, help="ONNX model folder (default: the built-in tiny random-weight models)"
+        "--model",
+        type=Path,
+        default=None,
+        help="ONNX model folder (default: the built-in digits model, trained on scikit-learn's handwritten digits: "
+        "it draws the digit the prompt names, 32x32)",
     )
-    parser.add_argument("--cache-dir", type=Path, default=None, help="where the tiny models are built")
+    parser.add_argument(
+        "--cache-dir", type=Path, default=None, help="where the built-in model is exported to ONNX on first use"
+    )
     parser.add_argument("--device", default=device, help=device_help or "cpu, cuda or cuda:N")
 
 
@@ -134,10 +139,10 @@ class Service:
     """The pipelines of one model folder on one device, and the one way every surface runs a request.
 
     Args:
-        model_dir: An ONNX Stable Diffusion folder; ``None`` for the built-in tiny models (one per
-            kind, built on first use).
+        model_dir: An ONNX Stable Diffusion folder; ``None`` for the built-in digits model (its
+            text-to-image folder and its inpainting one, exported to ONNX on first use).
         device: Where the models run: ``cpu``, ``cuda`` or ``cuda:N``.
-        cache_dir: Where the tiny models are built; see :func:`.build.cache.ensure_tiny_model`.
+        cache_dir: Where the built-in model is exported; see :func:`.build.cache.ensure_digits_model`.
         limits: What a request may ask for.
         cuda_graph: Capture the UNet step as a CUDA graph (CUDA only).
         memory_share: The share of the memory free at load time that one call may take.
@@ -159,7 +164,7 @@ class Service:
         max_seconds: float | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.tiny = model_dir is None
+        self.builtin = model_dir is None
         self.model_dir = Path(model_dir) if model_dir is not None else None
         self.device = device
         self.cache_dir = cache_dir
@@ -178,13 +183,13 @@ class Service:
     # ------------------------------------------------------------------ what the folder runs
 
     def folder(self, task: str) -> Path:
-        """The folder ``task`` runs: the given one, or the tiny model of its kind (built on first use)."""
+        """The folder ``task`` runs: the given one, or the built-in digits model's (exported on first use)."""
         if self.model_dir is not None:
             return self.model_dir
-        return ensure_tiny_model(self.cache_dir, kind=TASK_MODELS[task].tiny_kind)
+        return ensure_digits_model(self.cache_dir, kind=TASK_MODELS[task].builtin)
 
     def unavailable(self, task: str) -> str | None:
-        """``None`` if the folder runs ``task``, else why not (the tiny models run every task)."""
+        """``None`` if the folder runs ``task``, else why not (the built-in model runs every task)."""
         if self.model_dir is None:
             return None
         spec = TASK_MODELS[task]

@@ -18,6 +18,9 @@ are the field names::
         api_name="/inpaint",
     )
 
+On the built-in digits model the txt2img tab opens with the ten digits, 0 to 9, drawn when the
+page starts (:func:`.digits.draw_digits`: ten requests through the same service, about a second).
+
 Inpaint's ``image`` is the editor's value: the picture as ``background`` and the painted strokes
 as ``layers``; a ``mask_image``, when given, is used instead of the strokes. A task the folder
 cannot run has a tab that says why, and no form and no endpoint.
@@ -48,6 +51,7 @@ import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from .digits import DIGIT_PROMPTS, draw_digits  # noqa: E402
 from .errors import AppError, RequestError  # noqa: E402
 from .requests import TASKS, Field, ModelFacts, decode_image  # noqa: E402
 from .service import Service, add_model_options  # noqa: E402
@@ -66,26 +70,32 @@ def build_app(service: Service, *, keep_files_s: int = DEFAULT_KEEP_FILES_S) -> 
     Args:
         service: The folder's service; the pipelines of the tasks it runs are loaded here (before
             serving, not inside a handler, where Gradio's progress tracking would wrap the
-            exporter's bars when a tiny model is built).
+            exporter's bars when the built-in model is exported); on the built-in model, the ten
+            digits are drawn here too.
         keep_files_s: Uploaded and generated files older than this are deleted (checked as often).
     """
     for task in service.tasks():
         service.facts(task)
+    examples = draw_digits(service) if service.builtin else None
     every = max(1, min(keep_files_s, 600))
     app: gr.Blocks
     with gr.Blocks(
         title="ortbind Stable Diffusion", analytics_enabled=False, delete_cache=(every, keep_files_s)
     ) as app:
-        source = "built-in tiny models, random weights: noise, not art" if service.tiny else str(service.model_dir)
+        source = (
+            "the built-in digits model, trained on scikit-learn's handwritten digits: ask for a digit, 0 to 9"
+            if service.builtin
+            else f"`{service.model_dir}`"
+        )
         gr.Markdown(
-            f"### Stable Diffusion on ONNX Runtime through ortbind\nmodel: `{source}`; device: `{service.device}`"
+            f"### Stable Diffusion on ONNX Runtime through ortbind\nmodel: {source}; device: `{service.device}`"
         )
         with gr.Tabs():
             for task in TASKS:
                 with gr.Tab(task, id=task):
                     reason = service.unavailable(task)
                     if reason is None:
-                        _tab(service, task)
+                        _tab(service, task, examples=examples if task == "txt2img" else None)
                     else:
                         gr.Markdown(
                             f"**{task} is not offered for this model.** {reason}", elem_id=f"{task}-unavailable"
@@ -93,10 +103,27 @@ def build_app(service: Service, *, keep_files_s: int = DEFAULT_KEEP_FILES_S) -> 
     return app
 
 
-def _tab(service: Service, task: str) -> None:
-    """The task's form (one widget per field), its gallery, and its API endpoint ``/<task>``."""
+def _tab(service: Service, task: str, *, examples: list[Image.Image] | None = None) -> None:
+    """The task's form (one widget per field), its gallery, and its API endpoint ``/<task>``.
+
+    ``examples``, when given, open the tab: the built-in model's ten digits.
+    """
     facts = service.facts(task)
     fields = TASKS[task]
+    if examples is not None:
+        gr.Gallery(
+            value=examples,
+            label=f"what it draws: '{DIGIT_PROMPTS[0]}' to '{DIGIT_PROMPTS[-1]}', every other field at its default",
+            format="png",
+            columns=10,
+            rows=1,
+            height=150,
+            object_fit="contain",
+            allow_preview=False,
+            interactive=False,
+            buttons=["download"],
+            elem_id=f"{task}-digits",
+        )
     with gr.Row():
         with gr.Column(scale=1):
             widgets = [_widget(task, spec, facts) for spec in fields]

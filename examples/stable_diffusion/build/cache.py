@@ -1,10 +1,17 @@
-"""Where the tiny models live: a cache folder keyed by what built them, filled atomically.
+"""Where the built-in models' ONNX exports live: a cache folder keyed by what made them, filled atomically.
 
-``ensure_tiny_model(kind=...)`` returns the ONNX folder of a tiny model (see :mod:`.tiny`),
-building the torch pipeline and exporting it on first use. The folder names carry a key derived
-from the source of the modules that build and export the model and from the versions of the
-libraries that do it, so a cache written by another version of this code is never silently reused:
-it is simply not found, and a fresh one is built beside it.
+Two families of built-in models, both exported to ONNX on first use:
+
+- ``ensure_digits_model(kind=...)``: the trained digits model committed in ``models/`` (see
+  ``models/MODEL_CARD.md``), the default of the command lines, the page and the server. Its key
+  hashes the committed weights too, so retrained weights are exported afresh.
+- ``ensure_tiny_model(kind=...)``: a tiny model with random weights (see :mod:`.tiny`), built
+  offline, for the shapes the digits model does not have (SDXL, SD's VAE factor 8) and for tests
+  that compare pipelines with diffusers: its pictures are noise.
+
+The folder names carry a key derived from the source of the modules that build and export the
+model and from the versions of the libraries that do it, so a cache written by another version of
+this code is never silently reused: it is simply not found, and a fresh one is built beside it.
 """
 
 from __future__ import annotations
@@ -19,20 +26,31 @@ import sys
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final, Literal
 
 if TYPE_CHECKING:
     from .tiny import TinyKind
 
 __all__ = [
+    "DIGITS_KINDS",
+    "MODELS_DIR",
+    "DigitsKind",
     "default_cache_dir",
+    "digits_cache_key",
+    "ensure_digits_model",
     "ensure_tiny_model",
     "quiet_libraries",
     "tiny_cache_key",
     "tiny_torch_pipeline_dir",
 ]
 
-# What decides the tiny models' bytes: these modules' source and these libraries' versions.
+MODELS_DIR: Final = Path(__file__).resolve().parents[1] / "models"
+"""The committed diffusers folders of the trained digits model (``digits/``, ``digits-inpaint/``)."""
+DigitsKind = Literal["digits", "digits-inpaint"]
+DIGITS_KINDS: Final[tuple[DigitsKind, ...]] = ("digits", "digits-inpaint")
+
+# What decides the exports' bytes: these modules' source (the digits model's: the exporter's only)
+# and these libraries' versions.
 _KEYED_MODULES = ("tiny.py", "export.py")
 _KEYED_DISTRIBUTIONS = ("torch", "diffusers", "transformers", "onnx", "onnxscript")
 
@@ -45,29 +63,82 @@ def default_cache_dir() -> Path:
 
 def tiny_cache_key() -> str:
     """A short hash of what builds the tiny models; part of their cache folder names."""
-    digest = hashlib.sha256()
+    return hashlib.sha256(_code_fingerprint(_KEYED_MODULES)).hexdigest()[:12]
+
+
+def digits_cache_key(kind: DigitsKind = "digits") -> str:
+    """A short hash of what makes the digits model's export: the code, the libraries and the committed files.
+
+    The files are read through the inpainting folder's links, so a change to the shared VAE or
+    text encoder changes both keys.
+    """
+    digest = hashlib.sha256(_code_fingerprint(("export.py",)))
+    source = MODELS_DIR / kind
+    # os.walk, not Path.rglob: before Python 3.13 rglob does not descend into linked folders.
+    files = sorted(Path(root, name) for root, _, names in os.walk(source, followlinks=True) for name in names)
+    for path in files:
+        digest.update(f"{path.relative_to(source).as_posix()}:{path.stat().st_size};".encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def _code_fingerprint(modules: tuple[str, ...]) -> bytes:
+    """These modules' source and the keyed libraries' versions."""
     here = Path(__file__).resolve().parent
-    for name in _KEYED_MODULES:
-        digest.update((here / name).read_bytes())
+    parts = [(here / name).read_bytes() for name in modules]
     for distribution in _KEYED_DISTRIBUTIONS:
         try:
             version = importlib.metadata.version(distribution)
         except importlib.metadata.PackageNotFoundError:
             version = "-"
-        digest.update(f"{distribution}={version};".encode())
-    return digest.hexdigest()[:12]
+        parts.append(f"{distribution}={version};".encode())
+    return b"".join(parts)
 
 
 def _dirs(cache: Path, kind: TinyKind) -> tuple[Path, Path]:
     key = tiny_cache_key()
-    return cache / f"tiny-{kind}-torch-{key}", cache / f"tiny-{kind}-onnx-{key}"
+    return cache / f"tiny-random-{kind}-torch-{key}", cache / f"tiny-random-{kind}-onnx-{key}"
+
+
+def ensure_digits_model(
+    cache_dir: str | Path | None = None, *, kind: DigitsKind = "digits", progress: bool = False
+) -> Path:
+    """Return the trained digits model in ONNX layout, exporting the committed weights if missing.
+
+    The export (float32, opset 20) goes to ``<cache>/<kind>-onnx-<key>``, ``<key>`` being
+    :func:`digits_cache_key`; it is written beside its final place and moved in whole. Nothing is
+    trained: the weights are the ones committed in :data:`MODELS_DIR`.
+
+    Args:
+        cache_dir: Folder for the export; defaults to :func:`default_cache_dir`.
+        kind: ``"digits"`` (text-to-image, image-to-image) or ``"digits-inpaint"`` (a 9-channel UNet).
+        progress: Show the export progress bar.
+
+    Returns:
+        The ONNX folder.
+
+    Raises:
+        ValueError: ``kind`` is not one of :data:`DIGITS_KINDS`.
+    """
+    from .export import export_onnx  # noqa: PLC0415  (lazy: see ensure_tiny_model)
+
+    if kind not in DIGITS_KINDS:
+        raise ValueError(f"kind: expected one of {', '.join(DIGITS_KINDS)}, got {kind!r}")
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    onnx_dir = cache / f"{kind}-onnx-{digits_cache_key(kind)}"
+    if _is_pipeline_dir(onnx_dir):
+        return onnx_dir
+    print(f"Exporting the built-in {kind} model to ONNX in {cache} (once)", file=sys.stderr)
+    with quiet_libraries():
+        _build_unless_present(onnx_dir, lambda: export_onnx(MODELS_DIR / kind, onnx_dir, progress=progress))
+    return onnx_dir
 
 
 def ensure_tiny_model(cache_dir: str | Path | None = None, *, kind: TinyKind = "sd", progress: bool = False) -> Path:
-    """Return a tiny random-weight model in ONNX layout, building it if missing.
+    """Return a tiny random-weight model in ONNX layout, building it if missing: random weights, for shapes.
 
-    The torch pipeline goes to ``<cache>/tiny-<kind>-torch-<key>`` (seed 0) and its export to
-    ``<cache>/tiny-<kind>-onnx-<key>`` (float32, opset 20), ``<key>`` being
+    The torch pipeline goes to ``<cache>/tiny-random-<kind>-torch-<key>`` (seed 0) and its export to
+    ``<cache>/tiny-random-<kind>-onnx-<key>`` (float32, opset 20), ``<key>`` being
     :func:`tiny_cache_key`. Each folder is written beside its final place and moved in whole, so
     an interrupted build leaves nothing half-done. Two processes building at once both finish; the
     first folder to land is kept.
@@ -90,7 +161,7 @@ def ensure_tiny_model(cache_dir: str | Path | None = None, *, kind: TinyKind = "
         return onnx_dir
 
     print(
-        f"Building the tiny random-weight {kind} model in {cache} (it makes noise, not art)",
+        f"Building the tiny random-weight {kind} model in {cache} (random weights, for shapes: it draws noise)",
         file=sys.stderr,
     )
     with quiet_libraries():
@@ -116,9 +187,9 @@ def tiny_torch_pipeline_dir(cache_dir: str | Path | None = None, *, kind: TinyKi
 
 @contextlib.contextmanager
 def quiet_libraries() -> Iterator[None]:
-    """Silence the notices the libraries print while the tiny model is built.
+    """Silence the notices the libraries print while a built-in model is exported.
 
-    The build is an internal step of the demo: the exporter's notes on skipped torchvision ops,
+    The export is an internal step of the demo: the exporter's notes on skipped torchvision ops,
     its deprecation warnings and the loaders' progress bars say nothing to someone who asked for
     an image. Errors still propagate; only warnings and info output are held back.
     """

@@ -31,7 +31,11 @@ def export_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("src", nargs="?", type=Path, help="torch pipeline folder (save_pretrained)")
     parser.add_argument("dst", nargs="?", type=Path, help="output folder, missing or empty")
     parser.add_argument(
-        "--tiny", metavar="DST", type=Path, help="build a tiny random-weight pipeline and its export into DST"
+        "--tiny",
+        metavar="DST",
+        type=Path,
+        help="build a tiny random-weight pipeline and its export into DST (random weights, for shapes: it draws "
+        "noise; the built-in digits model is in examples/stable_diffusion/models/, export it as SRC)",
     )
     parser.add_argument("--kind", choices=TINY_KINDS, default="sd", help="which tiny pipeline --tiny builds")
     parser.add_argument("--fp16", action="store_true", help="export float16 weights and tensors")

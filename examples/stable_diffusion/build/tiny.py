@@ -1,8 +1,11 @@
-"""Tiny Stable Diffusion torch pipelines with random weights, built fully offline.
+"""Tiny Stable Diffusion torch pipelines with random weights, built fully offline: random weights, for shapes.
 
-They keep the real structure (CLIP text encoders, a UNet2DConditionModel, an AutoencoderKL, a CLIP
-BPE tokenizer over the 256 byte characters, so any prompt tokenizes) at a size that exports in
-seconds and runs a whole pipeline on a CPU in milliseconds. Their images are noise.
+The command lines, the page and the server draw with the trained digits model (``models/``);
+these are for what it does not cover: SDXL's two text encoders, SD's VAE factor 8, and tests that
+compare the pipelines with diffusers on every shape. They keep the real structure (CLIP text
+encoders, a UNet2DConditionModel, an AutoencoderKL, a CLIP BPE tokenizer over the 256 byte
+characters, so any prompt tokenizes) at a size that exports in seconds and runs a whole pipeline
+on a CPU in milliseconds. Their images are noise.
 
 Three kinds, each what the matching diffusers ``save_pretrained`` writes:
 
