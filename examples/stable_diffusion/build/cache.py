@@ -28,6 +28,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, Literal
 
+from ..._folders import default_cache_dir
+
 if TYPE_CHECKING:
     from .tiny import TinyKind
 
@@ -53,12 +55,6 @@ DIGITS_KINDS: Final[tuple[DigitsKind, ...]] = ("digits", "digits-inpaint")
 # and these libraries' versions.
 _KEYED_MODULES = ("tiny.py", "export.py")
 _KEYED_DISTRIBUTIONS = ("torch", "diffusers", "transformers", "onnx", "onnxscript")
-
-
-def default_cache_dir() -> Path:
-    """Return ``$ORTBIND_CACHE`` if set, else ``~/.cache/ortbind``."""
-    configured = os.environ.get("ORTBIND_CACHE")
-    return Path(configured) if configured else Path.home() / ".cache" / "ortbind"
 
 
 def tiny_cache_key() -> str:
