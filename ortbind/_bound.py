@@ -17,7 +17,7 @@ import onnxruntime as ort
 import torch
 
 from . import _binding
-from ._outputs import as_shape
+from ._outputs import as_shape, mapping_of
 from ._plan import INDEX, NAME, PASSTHROUGH, PREDICTED, SHAPE, Slot
 from ._prepared import BoundState
 from .errors import ConfigError, InputError, OutputError, RunError, ShapeError
@@ -78,11 +78,15 @@ class BoundCall:
         self.graph_id: int | None = engine.next_graph_id() if engine.cuda_graph else None
         self._graph = None if self.graph_id is None else engine.policy.graph_options(self.graph_id)
         self._indices = engine.outputs.all if output_names is None else engine.outputs.select(output_names)
-        self._out = dict(_mapping(out, "out")) if out is not None else {}
-        self._share = dict(_mapping(share, "share")) if share is not None else {}
+        self._out = dict(mapping_of(out, "out", "out", OutputError, "output name -> tensor")) if out is not None else {}
+        self._share = (
+            dict(mapping_of(share, "share", "output", OutputError, "output name -> input name"))
+            if share is not None
+            else {}
+        )
         self._runs = 0
         self._broken: str | None = None
-        given = dict(engine.check_feeds_mapping(feeds, "feeds"))
+        given = dict(engine.inputs.mapping(feeds, "feeds"))
         binding = engine.executor.new_binding(())
         tensors, signature = engine.inputs.check(given, binding)
         self._state = self._prepare(given, tensors, signature, binding, keep={})
@@ -190,11 +194,9 @@ class BoundCall:
             InputError, DTypeError, ShapeError, DeviceError: As for a call.
         """
         engine = self._engine
-        if feeds is None:
-            changes: Mapping[str, Any] = more
-        else:
-            changes = {**engine.check_feeds_mapping(feeds, "rebind"), **more} if more else feeds
-            engine.check_feeds_mapping(changes, "rebind")
+        changes: Mapping[str, Any] = more if feeds is None else engine.inputs.mapping(feeds, "rebind")
+        if feeds is not None and more:
+            changes = {**changes, **more}
         if not self._lock.acquire(blocking=False):
             raise _busy("rebind")
         try:
@@ -455,16 +457,6 @@ def _busy(what: str) -> RunError:
         f"bind one per thread",
         kind="run",
     )
-
-
-def _mapping(value: object, what: str) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise OutputError(
-            f"{what}: expected a mapping of output name -> {'tensor' if what == 'out' else 'input name'}, "
-            f"got {type(value).__name__}; pass a dict",
-            kind="out" if what == "out" else "output",
-        )
-    return value
 
 
 def _resized_shape(name: str, dims: object) -> torch.Size:

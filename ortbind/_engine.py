@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
 
 import onnxruntime as ort
 import torch
@@ -177,12 +176,3 @@ class Engine:
                 self.inputs.require(name)
         plan = self.plans.get(tuple(shapes))  # type: ignore[arg-type]  # tuples hash and compare as torch.Size
         return {p.name: p for p in plan.outputs()}
-
-    def check_feeds_mapping(self, feeds: object, what: str) -> Mapping[str, Any]:
-        """``feeds`` if it is a mapping, else an :class:`~ortbind.InputError` for ``what``."""
-        if not isinstance(feeds, Mapping):
-            raise InputError(
-                f"{what}: expected a mapping of input name -> torch.Tensor, got {type(feeds).__name__}",
-                kind="input",
-            )
-        return feeds

@@ -72,10 +72,8 @@ class InputChecker:
             except KeyError:
                 raise InputError(self.missing_message(feeds), kind="input", name=name) from None
             except TypeError:
-                raise InputError(
-                    f"feeds: expected a mapping of input name -> torch.Tensor, got {type(feeds).__name__}",
-                    kind="input",
-                ) from None
+                self.mapping(feeds, "feeds")
+                raise
             value, address, shape = accept(index, value)
             tensors.append(value)
             shapes.append(shape)
@@ -135,6 +133,15 @@ class InputChecker:
         except BindRefusedError as exc:
             raise exc.named("input", name) from exc.__cause__
         binding.addresses[index], binding.shapes[index] = address, shape
+
+    @staticmethod
+    def mapping(feeds: object, what: str) -> Mapping[str, Any]:
+        """``feeds`` if it is a mapping, else an :class:`~ortbind.InputError` saying ``what`` needed one."""
+        if not isinstance(feeds, Mapping):
+            raise InputError(
+                f"{what}: expected a mapping of input name -> torch.Tensor, got {type(feeds).__name__}", kind="input"
+            )
+        return feeds
 
     def missing_message(self, feeds: Mapping[str, Any]) -> str:
         missing = [s for s in self.specs if s.name not in feeds]

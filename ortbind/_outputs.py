@@ -18,7 +18,7 @@ from ._plan import EXPECTED, INDEX, NAME, PASSTHROUGH, PROBLEM, PlanCache, Slot,
 from ._shapes import format_dims, format_shape
 from .errors import DTypeError, InputError, ModelError, OrtbindError, OutputError, ShapeError
 
-__all__ = ["OutputChecker", "as_shape", "no_dlpack", "unsupported_output"]
+__all__ = ["OutputChecker", "as_shape", "mapping_of", "no_dlpack", "unsupported_output"]
 
 
 _INT64 = 1 << 63
@@ -68,7 +68,8 @@ def no_dlpack(spec: TensorSpec, reason: str) -> ShapeError:
     )
 
 
-def _mapping(value: object, what: str, kind: str, error: type[OrtbindError], example: str) -> Mapping[str, Any]:
+def mapping_of(value: object, what: str, kind: str, error: type[OrtbindError], example: str) -> Mapping[str, Any]:
+    """``value`` if it is a mapping, else ``error`` saying ``what`` expected a mapping of ``example``."""
     if not isinstance(value, Mapping):
         raise error(
             f"{what}: expected a mapping of {example}, got {type(value).__name__}; pass a dict",
@@ -132,7 +133,7 @@ class OutputChecker:
             ShapeError: Not a mapping, an output not in this call, or a shape that is not a
                 sequence of sizes, has another rank than declared, or is beyond ``max_output_bytes``.
         """
-        shapes = _mapping(output_shapes, "output_shapes", "output", ShapeError, "output name -> shape")
+        shapes = mapping_of(output_shapes, "output_shapes", "output", ShapeError, "output name -> shape")
         wanted = {s[NAME] for s in slots}
         for name in shapes:
             if name not in wanted:
@@ -188,7 +189,7 @@ class OutputChecker:
             DTypeError: The output's declared type is not the input's.
             ShapeError: The input's rank is not the output's declared rank.
         """
-        pairs = _mapping(share, "share", "output", OutputError, "output name -> input name")
+        pairs = mapping_of(share, "share", "output", OutputError, "output name -> input name")
         by_name = {s[NAME]: s for s in slots}
         result: dict[str, int] = {}
         for output, source in pairs.items():
@@ -265,7 +266,7 @@ class OutputChecker:
             DTypeError, DeviceError: Wrong dtype or device.
             ShapeError: A shape other than the output's for these inputs, or another rank than declared.
         """
-        given = _mapping(out, "out", "out", OutputError, "output name -> tensor")
+        given = mapping_of(out, "out", "out", OutputError, "output name -> tensor")
         by_name = {s[NAME]: s for s in slots}
         buffers: dict[str, torch.Tensor] = {}
         for name, value in given.items():
