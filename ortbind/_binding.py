@@ -8,7 +8,7 @@ lives here and runs before anything is bound.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final
 
 import torch
@@ -332,21 +332,47 @@ def dlpack_supported(spec: TensorSpec) -> bool:
     return row is not None and (row.numpy is not None or row.torch is torch.bfloat16)
 
 
-Held = tuple[torch.Tensor, torch.UntypedStorage, int, int, int, str, str]
-"""What a bound call keeps of each tensor it bound: ``(tensor, storage, address, storage base,
-end, kind, name)``; see :func:`hold` and :func:`moved`."""
+Held = tuple[
+    Callable[[], int], Callable[[], int], Callable[[], int], int, int, int, torch.Tensor, torch.UntypedStorage, str, str
+]
+"""What a bound call keeps of each tensor it bound, checked before every run: ``(tensor's data_ptr,
+storage's data_ptr, storage's nbytes, address, storage base, reach, tensor, storage, kind, name)``.
+
+The first three are torch's own C methods bound to the tensor and its storage (a Python override
+or an attribute set on the instance cannot answer for them, and a bound method saves a lookup on
+every run); ``reach`` is how many bytes from the storage's base the binding uses. See :func:`hold`
+and :func:`moved`.
+"""
+
+_TENSOR_DATA_PTR = torch._C.TensorBase.data_ptr
+_STORAGE_DATA_PTR = torch._C.StorageBase.data_ptr  # type: ignore[attr-defined]
+_STORAGE_NBYTES = torch._C.StorageBase.nbytes  # type: ignore[attr-defined]
 
 
-def hold(kind: str, name: str, tensor: torch.Tensor) -> Held:
+def hold(kind: str, name: str, tensor: torch.Tensor, end: int | None = None) -> Held:
     """Record a plain, non-empty tensor as bound at its current address, keeping its storage alive.
 
     Holding the storage object keeps the bound memory allocated even if the tensor is re-pointed
     (``.data =``, ``set_``), so torch's allocator cannot hand the same address to a smaller block;
-    the storage's own base and size then tell whether it was resized in place.
+    the storage's own base and size then tell whether it was resized in place. ``end``: the
+    address the binding reaches (default: the tensor's end).
     """
     storage = tensor.untyped_storage()
-    address = tensor.data_ptr()
-    return tensor, storage, address, storage.data_ptr(), address + tensor.nbytes, kind, name
+    address = _TENSOR_DATA_PTR(tensor)
+    base = _STORAGE_DATA_PTR(storage)
+    reach = (address + tensor.nbytes if end is None else end) - base
+    return (
+        _TENSOR_DATA_PTR.__get__(tensor),
+        _STORAGE_DATA_PTR.__get__(storage),
+        _STORAGE_NBYTES.__get__(storage),
+        address,
+        base,
+        reach,
+        tensor,
+        storage,
+        kind,
+        name,
+    )
 
 
 def moved(held: Held) -> str | None:
@@ -354,16 +380,16 @@ def moved(held: Held) -> str | None:
 
     Cheap enough for every run of a bound call: three pointer-sized reads per tensor.
     """
-    tensor, storage, address, base, end, _, _ = held
-    if tensor.data_ptr() != address:
+    tensor_address, storage_address, storage_size, address, base, reach, tensor, _, _, _ = held
+    if tensor_address() != address:
         return (
             f"the tensor bound for it moved to other memory since bind() (an in-place resize_, set_ or .data=; "
             f"now shape {format_shape(tensor.shape)})"
         )
-    if storage.data_ptr() != base or storage.data_ptr() + storage.nbytes() < end:
+    if storage_address() != base or storage_size() < reach:
         return (
             f"the storage of the tensor bound for it was resized since bind() (untyped_storage().resize_; now "
-            f"{storage.nbytes()} bytes), so the bound memory is gone"
+            f"{storage_size()} bytes), so the bound memory is gone"
         )
     return None
 

@@ -262,16 +262,17 @@ class BoundCall:
             for axis in axes:
                 if shape[axis] != old[axis]:
                     return False
-            tensor, storage, address, base, _, kind, _ = state.held[position]
+            tensor = state.prepared.tensors[index]
             end = _fits_storage(name, tensor, shape)
-            if end == address:
+            record = _binding.hold("input", name, tensor, end)
+            if end == record[3]:
                 return False  # empty: the general path binds it as ORT takes empty tensors
             signature[index] = shape
-            changes.append((index, position, shape, (tensor, storage, address, base, end, kind, name)))
+            changes.append((index, position, shape, record))
         self._broken = "its last resize() failed halfway"
         binding = state.prepared.binding
         for index, position, shape, record in changes:
-            inputs.bind_at(binding, index, record[2], shape)
+            inputs.bind_at(binding, index, record[3], shape)
             state.held[position] = record
             state.resized[index] = shape
         state.signature = tuple(signature)
@@ -282,16 +283,16 @@ class BoundCall:
         """The body of :meth:`rebind`, under its lock."""
         engine = self._engine
         state = self._state
-        if self.graph_id is None and self._step(state, changes):
-            return
         indices = [engine.inputs.require(name) for name in changes]
+        values = list(changes.values())
+        given, given_shapes = engine.inputs.accept(indices, values)
+        if self.graph_id is None and self._step(state, changes, indices, values, given, given_shapes):
+            return
         tensors = list(state.prepared.tensors)
         shapes = list(state.signature)
-        accepted = []
-        for index, value in zip(indices, changes.values()):
-            tensor, _, shape = engine.inputs.accept(index, value)
+        for index, tensor, shape in zip(indices, given, given_shapes):
             tensors[index], shapes[index] = tensor, shape
-            accepted.append((index, tensor))
+        accepted = list(zip(indices, given))
         if self.graph_id is not None and self._runs:
             moved = [
                 engine.inputs.names[i]
@@ -320,35 +321,44 @@ class BoundCall:
         self._state = self._state_for({**state.feeds, **changes}, signature, plan, prepared)
         self._broken = None
 
-    def _step(self, state: BoundState, changes: Mapping[str, Any]) -> bool:
+    def _step(
+        self,
+        state: BoundState,
+        changes: Mapping[str, Any],
+        indices: Sequence[int],
+        values: Sequence[Any],
+        tensors: Sequence[torch.Tensor],
+        shapes: Sequence[torch.Size],
+    ) -> bool:
         """Rebind without a new plan when the changes leave every output as it is bound; whether it did.
 
-        A decoder step: new ids, a longer mask. Each changed input must be a plain tensor (no copy,
-        no alias), not a shared output's buffer, of its old rank and fixed dims, and equal in every
-        axis the outputs' shapes read. Then only those inputs are bound again; the plan, the
-        outputs and their bindings stay.
+        A decoder step: new ids, a longer mask. ``tensors`` and ``shapes`` are the changed inputs
+        as checked. Each must be a plain tensor (no copy, no alias), not a shared output's buffer,
+        of its old rank and fixed dims, and equal in every axis the outputs' shapes read. Then
+        only those inputs are bound again; the plan, the outputs and their bindings stay.
         """
         reads = state.reads
         if reads is None:
             return False
-        engine = self._engine
-        inputs, program = engine.inputs, engine.plans.program
-        shapes = list(state.signature)
-        accepted = []
-        for name, value in changes.items():
-            index = inputs.index.get(name)
-            axes = reads.get(index) if index is not None else None
-            if axes is None or index not in state.held_at:
-                return False
-            tensor, _, shape = inputs.accept(index, value)
-            old = shapes[index]
-            if tensor is not value or not program.fits(index, shape) or len(shape) != len(old):
+        program = self._engine.plans.program
+        signature = list(state.signature)
+        for index, value, tensor, shape in zip(indices, values, tensors, shapes):
+            axes = reads.get(index)
+            old = signature[index]
+            if (
+                axes is None
+                or index not in state.held_at
+                or tensor is not value
+                or len(shape) != len(old)
+                or not program.fits(index, shape)
+            ):
                 return False
             for axis in axes:
                 if shape[axis] != old[axis]:
                     return False
-            shapes[index] = shape
-            accepted.append((index, name, tensor))
+            signature[index] = shape
+        inputs = self._engine.inputs
+        accepted = list(zip(indices, changes, tensors))
         self._broken = "its last rebind() failed halfway"
         prepared, held = state.prepared, state.held
         for index, name, tensor in accepted:
@@ -357,7 +367,7 @@ class BoundCall:
             state.feeds[name] = tensor
             state.resized.pop(index, None)
             held[state.held_at[index]] = _binding.hold("input", name, tensor)
-        state.signature = tuple(shapes)
+        state.signature = tuple(signature)
         self._broken = None
         return True
 
@@ -396,25 +406,17 @@ class BoundCall:
                 this bound call right now.
             InputError, OutputError: A bound tensor moved or lost its memory since it was bound.
         """
-        if not self._lock.acquire(blocking=False):
+        if not self._lock.acquire(False):
             raise _busy("run")
         try:
             if self._broken is not None:
                 raise RunError(f"bound call: {self._broken}; rebind() again before running", kind="run")
             state = self._state
-            for name, caller, address in state.subclassed:
-                with torch._C.DisableTorchFunctionSubclass():
-                    now = torch.Tensor.data_ptr(caller)
-                if now != address:
-                    raise InputError(
-                        f"input {name!r}: the tensor bound for it moved to other memory since it was bound; "
-                        f"write new values with copy_(), or rebind()",
-                        kind="input",
-                        name=name,
-                    )
+            if state.subclassed:
+                _check_subclassed(state.subclassed)
             engine = self._engine
             if run_options is None and synchronize is None and self._graph is None:
-                options, asynchronous = engine.policy.default, not engine.policy.synchronize
+                options, asynchronous = engine.policy.default, engine.policy.asynchronous
             else:
                 graph_id = -1 if self.graph_id is None else self.graph_id
                 options, asynchronous = engine.policy.choose(run_options, synchronize, self._graph, graph_id)
@@ -426,10 +428,10 @@ class BoundCall:
                 state.plan,
                 options,
                 asynchronous,
-                transient=False,
-                held=state.held,
-                refresh=state.refresh,
-                retry=self.graph_id is None,
+                False,
+                self.graph_id is None,
+                state.held,
+                state.refresh,
             )
             self._runs += 1
             if plan is not state.plan or prepared.binding is not binding:
@@ -449,6 +451,20 @@ class BoundCall:
         keep = {n: t for n, t in prepared.results.items() if t is not None}
         again = self._engine.executor.prepare(prepared.binding, prepared.tensors, slots, buffers, shared, keep=keep)
         self._state = self._state_for(state.feeds, state.signature, plan, again)
+
+
+def _check_subclassed(subclassed: Sequence[tuple[str, torch.Tensor, int]]) -> None:
+    """Raise if a subclass instance bound through a plain alias was re-pointed since bind()."""
+    for name, caller, address in subclassed:
+        with torch._C.DisableTorchFunctionSubclass():
+            now = torch.Tensor.data_ptr(caller)
+        if now != address:
+            raise InputError(
+                f"input {name!r}: the tensor bound for it moved to other memory since it was bound; "
+                f"write new values with copy_(), or rebind()",
+                kind="input",
+                name=name,
+            )
 
 
 def _busy(what: str) -> RunError:

@@ -35,6 +35,9 @@ from .errors import InputError, ShapeError
 
 __all__ = ["Engine"]
 
+_function_mode_enabled = torch._C._is_torch_function_mode_enabled
+_dispatch_modes = torch._C._len_torch_dispatch_stack
+
 
 @contextlib.contextmanager
 def _without_modes() -> Iterator[None]:
@@ -79,6 +82,8 @@ class Engine:
         self.executor = executor
         self.cuda_graph = cuda_graph
         self.host_inputs = host_inputs
+        self.every = outputs.all
+        """Every output's index, in model order: what a call given no ``output_names`` computes."""
         self._graph_ids = itertools.count()
 
     def next_graph_id(self) -> int:
@@ -96,19 +101,21 @@ class Engine:
         synchronize: bool | None,
     ) -> dict[str, torch.Tensor]:
         """One plain call: fresh outputs (or the caller's buffers), inputs only read."""
-        if torch._C._is_torch_function_mode_enabled() or torch._C._len_torch_dispatch_stack():
+        if _function_mode_enabled() or _dispatch_modes():
             with _without_modes():
                 return self.call(feeds, output_names, out, output_shapes, share, run_options, synchronize)
+        policy = self.policy
         if run_options is None and synchronize is None:
-            options, asynchronous = self.policy.default, not self.policy.synchronize
+            options, asynchronous = policy.default, policy.asynchronous
         else:
-            options, asynchronous = self.policy.choose(run_options, synchronize)
+            options, asynchronous = policy.choose(run_options, synchronize)
         executor = self.executor
-        indices = self.outputs.all if output_names is None else self.outputs.select(output_names)
+        every = self.every
+        indices = every if output_names is None else self.outputs.select(output_names)
         binding = executor.thread_binding(indices)
         tensors, signature = self.inputs.check(feeds, binding)
         plan = self.plans.get(signature)
-        if out is None and output_shapes is None and share is None and indices is self.outputs.all:
+        if indices is every and out is None and output_shapes is None and share is None:
             if plan.simple:
                 return executor.fresh(binding, tensors, signature, plan, options, asynchronous)
             prepared = executor.prepare(binding, tensors, plan.slots, None)

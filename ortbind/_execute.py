@@ -59,6 +59,27 @@ _increment_version = torch._C._increment_version
 """What ``torch.autograd.graph.increment_version`` calls, without its Python wrapper (0.2 µs a run)."""
 
 
+def _allocators(spec: ModelSpec, device: torch.device) -> tuple[Any, ...]:
+    """Per output, what allocates its fresh tensors: ``new_empty`` of an empty tensor of its dtype on ``device``.
+
+    ``proto.new_empty(*sizes)`` takes dtype and device from the prototype, so neither is parsed
+    again on every call (``torch.empty(*sizes, dtype=..., device=...)`` costs about 0.3 µs more
+    for a small tensor), and neither ``torch.set_default_dtype`` nor ``set_default_device`` can
+    redirect it. ``None`` for an output ortbind cannot bind.
+    """
+    prototypes: dict[torch.dtype, Any] = {}
+    allocate: list[Any] = []
+    for output in spec.outputs:
+        if output.dtype is None:
+            allocate.append(None)
+            continue
+        if output.dtype not in prototypes:
+            with torch._C.DisableTorchFunction(), torch.inference_mode(False):
+                prototypes[output.dtype] = torch.empty(0, dtype=output.dtype, device=device).new_empty
+        allocate.append(prototypes[output.dtype])
+    return tuple(allocate)
+
+
 class Executor:
     """Runs one session's calls; shared by its plain calls and bound calls.
 
@@ -94,9 +115,7 @@ class Executor:
         self.lock = threading.RLock() if serial else None
         self.ort_device = _binding.make_ort_device(device)
         self.dlpack_ok = tuple(_binding.dlpack_supported(s) for s in spec.outputs)
-        # On CPU, torch.empty without a device is the CPU (calls run with torch's modes off, so no
-        # set_default_device can redirect it); naming the device costs a quarter of a microsecond.
-        self.empty_kwargs: dict[str, Any] = {"device": device} if device.type == "cuda" else {}
+        self.allocate = _allocators(spec, device)
         self._local = threading.local()
 
     # ------------------------------------------------------------------ bindings
@@ -114,7 +133,7 @@ class Executor:
         if binding is None:
             binding = self._local.binding = Binding(self.session, len(self.inputs.specs))
             binding.outputs = outputs
-        elif binding.outputs != outputs:
+        elif binding.outputs is not outputs and binding.outputs != outputs:
             if binding.outputs is not None:
                 with _BIND:
                     binding.io.clear_binding_outputs()
@@ -179,7 +198,7 @@ class Executor:
                     if kept is not None and kept.shape == shape:
                         buffer = kept
                     else:
-                        buffer = torch.empty(*slot[SIZES], dtype=slot[DTYPE], **self.empty_kwargs)
+                        buffer = self.allocate[slot[INDEX]](*slot[SIZES])
                 if buffer is not None and buffer.numel() and (shape is not None or not slot[PREDICTED]):
                     if keep is None:
                         with _BIND:
@@ -213,6 +232,7 @@ class Executor:
             raise exc.named("output", slot[NAME]) from exc.__cause__
         prepared.written = tuple(written)
         prepared.bound = position
+        prepared.common = bool(position) and not prepared.pending and not prepared.passthrough
         return prepared
 
     # ------------------------------------------------------------------ executing
@@ -231,10 +251,10 @@ class Executor:
         :meth:`prepare` and :meth:`execute` with nothing else to do; a refused prediction goes on
         in :meth:`execute`'s retry.
         """
-        io, device, empty, kwargs = binding.io, self.ort_device, torch.empty, self.empty_kwargs
+        io, device, allocate = binding.io, self.ort_device, self.allocate
         results: dict[str, torch.Tensor] = {}
         for slot in plan.slots:
-            tensor = empty(*slot[SIZES], dtype=slot[DTYPE], **kwargs)
+            tensor = allocate[slot[INDEX]](*slot[SIZES])
             try:
                 io.bind_output(slot[NAME], device, slot[ELEM_TYPE], slot[SHAPE], tensor.data_ptr())
             except Exception as exc:
@@ -247,7 +267,7 @@ class Executor:
         except OutputRefusedError as refusal:
             prepared = Prepared(binding, tensors, plan.slots, None, None)
             prepared.bound = len(plan.slots)
-            return self.execute(prepared, signature, plan, options, asynchronous, transient=True, refused=refusal)[0]
+            return self._execute(prepared, signature, plan, options, asynchronous, True, True, refusal)[0]
         except RunError:
             self.drop_thread_binding()  # a failed run may leave the binding half-bound
             raise
@@ -260,11 +280,10 @@ class Executor:
         plan: Plan,
         options: ort.RunOptions,
         asynchronous: bool,
-        *,
         transient: bool,
+        retry: bool = True,
         held: Sequence[Held] = (),
         refresh: Sequence[tuple[int, torch.Tensor, torch.Tensor]] = (),
-        retry: bool = True,
         refused: OutputRefusedError | None = None,
     ) -> tuple[dict[str, torch.Tensor], Plan]:
         """Run a prepared call; the outputs by name and the plan as the run left it.
@@ -276,21 +295,22 @@ class Executor:
             options: RunOptions for this run.
             asynchronous: Whether the run returns before ORT's stream is done.
             transient: A plain call's binding: release ORT's outputs from it after collecting.
-            held: Tensors a bound call holds, checked before the run (see :func:`~._binding.moved`).
-            refresh: ``(input index, caller's tensor, bound copy)`` for copied inputs, refreshed
-                before the run.
             retry: Rerun once with ORT allocating a predicted output it refused (off for CUDA-graph
                 bound calls, whose outputs must stay at fixed addresses).
+            held: Tensors a bound call holds, checked before the run (see :func:`~._binding.hold`).
+            refresh: ``(input index, caller's tensor, bound copy)`` for a bound call's copied
+                inputs, refreshed before the run.
             refused: A refusal that already happened for this call (:meth:`fresh`): retry at once.
 
         Raises:
             InputError, OutputError: A held tensor moved or lost its memory since it was bound.
+            InputError: A copied input's tensor changed shape.
             RunError: ONNX Runtime failed.
             ShapeError: A checked prediction proved wrong for a caller's ``out=`` buffer.
         """
         for record in held:
-            tensor, storage, address, base, end, kind, name = record
-            if tensor.data_ptr() != address or storage.data_ptr() != base or storage.nbytes() < end - base:
+            tensor_address, storage_address, storage_size, address, base, reach, _, _, kind, name = record
+            if tensor_address() != address or storage_address() != base or storage_size() < reach:
                 raise (InputError if kind == "input" else OutputError)(
                     f"{kind} {name!r}: {_binding.moved(record)}, so ORT would use a stale address; write new values "
                     f"with copy_(), or rebind()",
@@ -307,7 +327,7 @@ class Executor:
                     name=name,
                 )
             copy.copy_(caller)
-        if refused is None and not prepared.pending and not prepared.passthrough and prepared.bound:
+        if prepared.common and refused is None:
             # The common run: every output bound by pointer, nothing to collect.
             try:
                 self._run(prepared.binding.io, prepared.tensors, prepared.written, options, asynchronous)
@@ -318,11 +338,26 @@ class Executor:
                     self.drop_thread_binding()  # a failed run may leave the binding half-bound
                 raise
             else:
-                prepared.runs += 1
-                if prepared.written and (prepared.buffers or prepared.shared or not transient):
-                    _increment_version(prepared.written)
-                done: dict[str, Any] = prepared.results if transient else dict(prepared.results)
-                return done, plan
+                if transient:
+                    if prepared.buffers or prepared.shared:
+                        _increment_version(prepared.written)
+                    return prepared.results, plan  # type: ignore[return-value]
+                _increment_version(prepared.written)
+                return dict(prepared.results), plan  # type: ignore[arg-type]
+        return self._execute(prepared, signature, plan, options, asynchronous, transient, retry, refused)
+
+    def _execute(
+        self,
+        prepared: Prepared,
+        signature: Signature,
+        plan: Plan,
+        options: ort.RunOptions,
+        asynchronous: bool,
+        transient: bool,
+        retry: bool,
+        refused: OutputRefusedError | None,
+    ) -> tuple[dict[str, torch.Tensor], Plan]:
+        """:meth:`execute` beyond the common run: outputs to collect or pass through, refusals to retry."""
         first: OutputRefusedError | None = None
         while True:
             try:
@@ -386,7 +421,7 @@ class Executor:
         """Re-bind ``prepared`` in place on a fresh binding with other slots (after a refusal)."""
         binding = self.new_binding(prepared.tensors)
         fresh = self.prepare(binding, prepared.tensors, slots, prepared.buffers, prepared.shared)
-        for field in ("binding", "slots", "results", "pending", "passthrough", "written", "bound"):
+        for field in ("binding", "slots", "results", "pending", "passthrough", "written", "bound", "common"):
             setattr(prepared, field, getattr(fresh, field))
         prepared.runs = 0
 

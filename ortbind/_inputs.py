@@ -40,6 +40,7 @@ class InputChecker:
         self.index = {s.name: i for i, s in enumerate(specs)}
         self.ort_devices = tuple(_binding.make_ort_device(d) for d in devices)
         self.names = tuple(s.name for s in specs)
+        self.every = tuple(range(len(self.names)))
         # (dtype, required address multiple, CUDA index or -1) per input.
         self._rows = tuple(
             (
@@ -62,60 +63,69 @@ class InputChecker:
         Raises:
             InputError, DTypeError, DeviceError: A feed is missing, unknown or cannot be bound.
         """
-        tensors: list[torch.Tensor] = []
-        shapes: list[torch.Size] = []
-        accept = self.accept
-        addresses = binding.addresses if binding is not None else None
-        for index, name in enumerate(self.names):
-            try:
-                value = feeds[name]
-            except KeyError:
-                raise InputError(self.missing_message(feeds), kind="input", name=name) from None
-            except TypeError:
-                self.mapping(feeds, "feeds")
-                raise
-            value, address, shape = accept(index, value)
-            tensors.append(value)
-            shapes.append(shape)
-            if addresses is not None and (addresses[index] != address or binding.shapes[index] != shape):  # type: ignore[union-attr]
-                self.bind(binding, index, value)  # type: ignore[arg-type]
-        if len(feeds) != len(tensors):
+        try:
+            values = [feeds[name] for name in self.names]
+        except KeyError:
+            first = next(s.name for s in self.specs if s.name not in feeds)
+            raise InputError(self.missing_message(feeds), kind="input", name=first) from None
+        except TypeError:
+            self.mapping(feeds, "feeds")
+            raise
+        if len(feeds) != len(values):
             unknown = next(n for n in feeds if n not in self.index)
             raise InputError(self.unknown_message(str(unknown)), kind="input", name=str(unknown))
+        tensors, shapes = self.accept(self.every, values, binding)
         return tensors, tuple(shapes)
 
-    def accept(self, index: int, value: Any) -> tuple[torch.Tensor, int, torch.Size]:
-        """Check one input's tensor; the tensor to bind (itself, a plain alias or a copy), its address and shape.
+    def accept(
+        self, indices: Sequence[int], values: Sequence[Any], binding: Binding | None = None
+    ) -> tuple[list[torch.Tensor], list[torch.Size]]:
+        """Check the tensors given for inputs ``indices``; the tensors to bind (each itself, a plain alias
+        or a copy) and their shapes. With ``binding``, each is bound there unless held already.
 
         The common tensor passes a few cheap tests: a plain, dense, contiguous tensor of the right
         dtype and device, at an aligned address inside its own storage. (A sparse or MKL-DNN layout
         raises in ``data_ptr()`` or ``untyped_storage()``.) Anything else takes the checked path,
         which raises (or copies, with ``allow_copy``) saying why. Every input of every call passes
-        here: plain calls, bind() and rebind().
+        here: plain calls, bind(), rebind() and resize().
         """
-        dtype, align, cuda_index = self._rows[index]
-        try:
-            if (
-                type(value) is torch.Tensor
-                and value.dtype is dtype
-                and (value.is_cuda and value.get_device() == cuda_index if cuda_index >= 0 else value.is_cpu)
-                and value.is_contiguous()
-                and not value.is_neg()
-            ):
-                address = value.data_ptr()
-                storage = value.untyped_storage()
-                shape = value.shape
+        tensors: list[torch.Tensor] = []
+        shapes: list[torch.Size] = []
+        rows = self._rows
+        for index, value in zip(indices, values):
+            dtype, align, cuda_index = rows[index]
+            try:
                 if (
-                    address != 0
-                    and not address % align
-                    and address + value.nbytes <= storage.data_ptr() + storage.nbytes()
+                    type(value) is torch.Tensor
+                    and value.dtype is dtype
+                    and (value.is_cuda and value.get_device() == cuda_index if cuda_index >= 0 else value.is_cpu)
+                    and value.is_contiguous()
+                    and not value.is_neg()
                 ):
-                    return value, address, shape
-        except RuntimeError:  # a functionalized, nested or other tensor without plain memory
-            pass
-        spec = self.specs[index]
-        tensor = _binding.check_input(spec.name, spec, value, self.devices[index], self.allow_copy)
-        return tensor, tensor.data_ptr(), tensor.shape
+                    address = value.data_ptr()
+                    storage = value.untyped_storage()
+                    shape = value.shape
+                    if (
+                        address != 0
+                        and not address % align
+                        and address + value.nbytes <= storage.data_ptr() + storage.nbytes()
+                    ):
+                        tensors.append(value)
+                        shapes.append(shape)
+                        if binding is not None and (
+                            binding.addresses[index] != address or binding.shapes[index] != shape
+                        ):
+                            self.bind_at(binding, index, address, shape)
+                        continue
+            except RuntimeError:  # a functionalized, nested or other tensor without plain memory
+                pass
+            spec = self.specs[index]
+            tensor = _binding.check_input(spec.name, spec, value, self.devices[index], self.allow_copy)
+            tensors.append(tensor)
+            shapes.append(tensor.shape)
+            if binding is not None:
+                self.bind(binding, index, tensor)
+        return tensors, shapes
 
     def bind(self, binding: Binding, index: int, tensor: torch.Tensor) -> None:
         """Bind one checked input (no-op when the binding holds it already)."""

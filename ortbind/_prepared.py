@@ -30,6 +30,7 @@ class Prepared:
         passthrough: ``(slot, target or None)`` per output that is an input (copied after the run).
         written: Tensors ORT writes into (versions bumped after each run).
         bound: How many outputs are bound to ORT (none: only pass-through outputs, no run).
+        common: Outputs are bound and every one by pointer: a run has nothing to collect or copy.
         runs: Runs so far (ORT-allocated outputs are re-bound before every run but the first).
     """
 
@@ -37,6 +38,7 @@ class Prepared:
         "binding",
         "bound",
         "buffers",
+        "common",
         "passthrough",
         "pending",
         "results",
@@ -65,6 +67,7 @@ class Prepared:
         self.passthrough: list[tuple[Slot, torch.Tensor | None]] = []
         self.written: tuple[torch.Tensor, ...] = ()
         self.bound = 0
+        self.common = False
         self.runs = 0
 
 

@@ -62,6 +62,8 @@ class RunPolicy:
         self._async = default_run_options(synchronize=False, cuda_graph=cuda_graph)
         self.default = self._sync if synchronize else self._async
         """What plain calls use when given nothing (``TorchSession.run_options``)."""
+        self.asynchronous = not synchronize
+        """Whether runs with :attr:`default` return before ORT's stream is done."""
 
     @staticmethod
     def _cannot_defer() -> ConfigError:
@@ -134,11 +136,3 @@ class RunPolicy:
                     name="gpu_graph_id",
                 )
         return run_options, deferred
-
-    def asynchronous(self, options: ort.RunOptions) -> bool:
-        """Whether a run with ``options`` returns before ORT's stream is done."""
-        if options is self._sync:
-            return False
-        if options is self._async:
-            return True
-        return config_entry(options, NO_SYNC) == "1"
