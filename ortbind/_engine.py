@@ -162,24 +162,23 @@ class Engine:
                 kind="input",
             )
         shapes: list[tuple[int, ...]] = []
-        for spec in self.inputs.specs:
-            if spec.name not in input_shapes:
+        for name in self.inputs.names:
+            if name not in input_shapes:
                 raise InputError(
-                    f"input_shapes: missing input {spec.name!r}; give a shape for every input",
+                    f"input_shapes: missing input {name!r}; give a shape for every input",
                     kind="input",
-                    name=spec.name,
+                    name=name,
                 )
-            shape = as_shape(input_shapes[spec.name])
+            shape = as_shape(input_shapes[name])
             if shape is None:
                 raise ShapeError(
-                    f"input_shapes[{spec.name!r}]: expected a sequence of ints in [0, 2**63), "
-                    f"got {input_shapes[spec.name]!r}",
+                    f"input_shapes[{name!r}]: expected a sequence of ints in [0, 2**63), got {input_shapes[name]!r}",
                     kind="input",
-                    name=spec.name,
+                    name=name,
                 )
             shapes.append(shape)
         if len(input_shapes) != len(shapes):
             for name in input_shapes:
                 self.inputs.require(name)
         plan = self.plans.get(tuple(shapes))  # type: ignore[arg-type]  # tuples hash and compare as torch.Size
-        return {p.name: p for p in plan.outputs()}
+        return dict(zip(self.outputs.names, plan.outputs()))

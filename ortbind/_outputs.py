@@ -92,6 +92,7 @@ class OutputChecker:
         self.device = device
         self.plans = plans
         self.index = {s.name: i for i, s in enumerate(spec.outputs)}
+        self.names = tuple(s.name for s in spec.outputs)
         self.all = tuple(range(len(spec.outputs)))
 
     def unknown_message(self, name: str) -> str:

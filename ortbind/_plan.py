@@ -14,6 +14,7 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from math import prod
 from typing import Any, Final
 
 import torch
@@ -174,10 +175,8 @@ class Plan:
 
     def outputs(self) -> tuple[OutputPlan, ...]:
         """One :class:`~ortbind.OutputPlan` per output, in model order (made on each call: plans are many)."""
-        return tuple(
-            OutputPlan(s[NAME], RULES[rule], shape, reason)
-            for s, (rule, shape, reason) in zip(self.slots, self.entries)
-        )
+        make = tuple.__new__  # what OutputPlan(...) does, without its Python-level __new__
+        return tuple([make(OutputPlan, (s[NAME], RULES[e[0]], e[1], e[2])) for s, e in zip(self.slots, self.entries)])
 
 
 def device_capacity(device: torch.device) -> int:
@@ -330,49 +329,36 @@ class PlanCache:
             self._beyond_limit(index, OVERRIDE, shape, size)
 
     def _store(self, signature: Signature, entries: list[tuple[str, Shape | None, str]], *, verified: bool) -> Plan:
-        """The plan for ``entries`` (outputs beyond the size limit moved to rule d), kept as the most recent."""
+        """The plan for ``entries`` (outputs beyond the size limit moved to rule d), kept as the most recent.
+
+        On a decoder's every token (a new signature each time), so written for speed: ``prod``
+        in C, what is fixed per output worked out once (``_static``), the key hashed as few times
+        as the dict needs.
+        """
         slots = []
         limit = self.max_output_bytes
         for index, name, elem_type, dtype, passthrough, problem, itemsize in self._static:
             rule, shape, reason = entries[index]
+            bound: Shape | None = None
             if shape is not None:
-                size = itemsize
-                for dim in shape:
-                    size *= dim
+                size = itemsize * prod(shape)
                 if size > limit:
                     rule, shape, reason = entries[index] = self._beyond_limit(index, rule, shape, size)
+                elif size and passthrough is None and problem is None and (verified or rule == OVERRIDE):
+                    bound = shape  # by pointer (an unverified prediction is checked by letting ORT allocate)
             predicted = rule in (DECLARED, INFERRED)
-            bind = (
-                shape is not None
-                and 0 not in shape
-                and passthrough is None
-                and problem is None
-                and (verified or not predicted)  # an unverified prediction is checked by letting ORT allocate
-            )
-            sizes = (shape or ((),)) if bind else ()
-            slots.append(
-                (
-                    index,
-                    name,
-                    elem_type,
-                    dtype,
-                    shape if bind else None,
-                    shape,
-                    predicted,
-                    passthrough,
-                    problem,
-                    reason,
-                    sizes,
-                )
-            )
+            sizes = (bound or ((),)) if bound is not None else ()
+            slots.append((index, name, elem_type, dtype, bound, shape, predicted, passthrough, problem, reason, sizes))
         plan = Plan(tuple(entries), tuple(slots), verified)
         # Keyed by plain tuples: torch.Size objects would be kept alive and tracked by the collector.
         key = tuple(map(tuple, signature))
         with self._lock:
             plans = self._plans
+            count = len(plans)
             plans[key] = plan  # type: ignore[index]
-            plans.move_to_end(key)  # type: ignore[arg-type]
-            while len(plans) > self._size:
+            if len(plans) == count:  # replaced a plan: now the most recent (a new key is last already)
+                plans.move_to_end(key)  # type: ignore[arg-type]
+            elif count >= self._size:
                 plans.popitem(last=False)
         return plan
 

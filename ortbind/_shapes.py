@@ -14,7 +14,7 @@ from __future__ import annotations
 import enum
 import operator
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Final, NamedTuple, Protocol
 
 from ._dimexpr import MAX_DIM, Dim, DimExpr, Shape, format_dims, format_shape, parse_dim
@@ -86,8 +86,7 @@ class OutputPlan(NamedTuple):
     reason: str = ""
 
 
-@dataclass(frozen=True)
-class SymbolBinding:
+class SymbolBinding(NamedTuple):
     """Symbols bound from actual input shapes.
 
     Attributes:
@@ -97,6 +96,10 @@ class SymbolBinding:
 
     env: Mapping[str, int]
     conflicts: Mapping[str, tuple[tuple[str, int, int], ...]]
+
+
+_make_binding = tuple.__new__  # SymbolBinding(...) without its Python-level __new__ (every new signature)
+_NO_CONFLICTS: Mapping[str, tuple[tuple[str, int, int], ...]] = MappingProxyType({})
 
 
 InferFn = Callable[[Mapping[str, Shape]], Mapping[str, tuple[int | None, ...] | None]]
@@ -175,6 +178,17 @@ class ShapeProgram:
                 if isinstance(d, str):
                     uses.setdefault(d, []).append((i, axis))
         self._uses = tuple((symbol, tuple(places)) for symbol, places in uses.items())
+        # The same uses as positions in the inputs' dims laid end to end, for signatures whose ranks
+        # were checked (resolve): (symbol, a getter of its sizes, how many); None if a rank is unknown.
+        self._flat_uses: tuple[tuple[str, Callable[[Sequence[int]], object], int], ...] | None = None
+        if all(dims is not None for dims in self.input_dims):
+            offsets = [0]
+            for dims in self.input_dims:
+                offsets.append(offsets[-1] + len(dims or ()))
+            self._flat_uses = tuple(
+                (symbol, operator.itemgetter(*(offsets[i] + axis for i, axis in places)), len(places))
+                for symbol, places in self._uses
+            )
         overridden: dict[str, _Compiled] = {}
         for name, given in (overrides or {}).items():
             overridden[name] = self._check_override(name, given)
@@ -324,6 +338,27 @@ class ShapeProgram:
                     env[symbol] = size
         return SymbolBinding(env, conflicts)
 
+    def _bind_checked(self, shapes: InputShapes) -> SymbolBinding:
+        """:meth:`bind_symbols` for shapes of the declared ranks, every one given (what resolve checked).
+
+        Reads each symbol's sizes with one ``itemgetter`` over the dims laid end to end; a symbol
+        whose sizes differ goes to :meth:`bind_symbols`, which says how.
+        """
+        if None in shapes:
+            return self.bind_symbols(shapes)
+        flat: tuple[int, ...] = sum(shapes, ())  # type: ignore[arg-type]  # quicker than a comprehension
+        env: dict[str, int] = {}
+        for symbol, getter, count in self._flat_uses:  # type: ignore[union-attr]
+            if count == 1:
+                env[symbol] = getter(flat)  # type: ignore[assignment]
+                continue
+            sizes: tuple[int, ...] = getter(flat)  # type: ignore[assignment]
+            first = sizes[0]
+            if sizes.count(first) != count:
+                return self.bind_symbols(shapes)
+            env[symbol] = first
+        return _make_binding(SymbolBinding, (env, _NO_CONFLICTS))
+
     def conflict_message(self, symbol: str, uses: Sequence[tuple[str, int, int]]) -> str:
         """The strict-mode error for a symbol that inputs bind to different sizes."""
         first = uses[0]
@@ -364,7 +399,7 @@ class ShapeProgram:
             shape = shapes[index]
             if shape is not None and (len(shape) != rank or (getter is not None and getter(shape) != sizes)):
                 self.check_input(index, tuple(shape))  # raises, saying which dim
-        binding = self.bind_symbols(shapes)
+        binding = self._bind_checked(shapes) if self._flat_uses is not None else self.bind_symbols(shapes)
         if self.strict and binding.conflicts:
             symbol, uses = next(iter(binding.conflicts.items()))
             raise ShapeError(self.conflict_message(symbol, uses), kind="input", name=uses[0][0])

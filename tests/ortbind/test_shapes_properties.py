@@ -275,3 +275,20 @@ def test_symbols_are_the_names_in_the_expression(tree: Tree, space: str) -> None
 def test_whole_text_binding_wins(tree: Tree, env: dict[str, int], space: str) -> None:
     text = render(tree, space)
     assert parse_dim(text).evaluate({**env, text: 11}) == 11
+
+
+# --------------------------------------------------------------------------- binding symbols
+
+DIM_CHOICES = st.one_of(st.sampled_from(SYMBOLS[:3]), st.integers(1, 3), st.just("s0 + 1"))
+
+
+@PROPERTY
+@given(data=st.data(), dims=st.lists(st.lists(DIM_CHOICES, max_size=4), min_size=1, max_size=5))
+def test_resolve_binds_symbols_as_bind_symbols_does(data: st.DataObject, dims: list[list[Any]]) -> None:
+    """resolve()'s quick binding of ranked, given shapes agrees with bind_symbols, conflicts included."""
+    from ortbind._shapes import ShapeProgram
+
+    program = ShapeProgram([f"x{i}" for i in range(len(dims))], dims, ["y"], [("N",)])
+    # Small sizes, so symbols used twice often agree and sometimes conflict.
+    shapes = [tuple(data.draw(st.integers(0, 3)) for _ in d) for d in dims]
+    assert program._bind_checked(shapes) == program.bind_symbols(shapes)
