@@ -94,7 +94,7 @@ Fields:
         ``None``. ORT neither writes a bound buffer for it nor copies it when it allocates.
     PROBLEM: Why it cannot be produced (an unsupported type), or ``None``.
     REASON: Why no earlier rule gave its shape (for messages about rule d).
-    SIZES: What ``torch.empty(*sizes)`` takes to allocate ``SHAPE`` (separate ints parse faster
+    SIZES: What ``new_empty(*sizes)`` takes to allocate ``SHAPE`` (separate ints parse faster
         than one tuple; a scalar's are ``((),)``).
 """
 

@@ -668,6 +668,19 @@ def test_outputs_are_real_memory_on_the_sessions_device_under_torch_modes() -> N
     assert type(y) is torch.Tensor and torch.equal(y, -x)
 
 
+def test_outputs_keep_their_dtype_and_device_whatever_the_defaults_when_built_or_called() -> None:
+    old = torch.get_default_dtype()
+    try:
+        torch.set_default_dtype(torch.float64)
+        with torch.device("meta"):
+            sess = ortbind.TorchSession(NEG)  # its output allocators are made here
+        x = torch.randn(5, dtype=torch.float32)
+        for y in (sess(x=x)["y"], sess.bind({"x": x}).run()["y"]):
+            assert (y.dtype, y.device) == (torch.float32, torch.device("cpu")) and torch.equal(y, -x)
+    finally:
+        torch.set_default_dtype(old)
+
+
 def test_a_per_call_synchronize_is_honoured_both_ways() -> None:
     from ortbind._runoptions import NO_SYNC, RunPolicy, config_entry
 
