@@ -10,6 +10,9 @@ For each tiny model, prints microseconds per call for:
 - ``fresh floor``: the pybind layer directly with a new binding, inputs re-bound and a fresh
   ``torch.empty`` output every call, shapes passed as precomputed lists of ints: the least any
   torch-in/torch-out call that returns fresh outputs can do;
+- ``checked fresh`` and ``checked``: the two floors plus the checks ortbind owes on each path,
+  written out by hand with no layers (see :func:`_checked_floors`): what the checks cost, apart
+  from ortbind's structure;
 - ``TorchSession``: ``sess(**feeds)``, all checks included;
 - ``bound``: ``sess.bind(feeds)`` once, then ``bound.run()`` in the loop (same outputs every run);
 
@@ -30,6 +33,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import threading
 import time
 import timeit
 from collections.abc import Callable
@@ -133,6 +137,8 @@ def bench(
         c_sess.run_with_iobinding(b, run_options)
         return result
 
+    checked_fresh, checked = _checked_floors(c_sess, device, feeds_t, outputs, run_options)
+
     sess = ortbind.TorchSession(model, "cpu", session_options=options)
     expected = plain.run(None, feeds_np)[0]
     got = sess(**feeds_t)[next(iter(outputs))]
@@ -153,12 +159,96 @@ def bench(
             "numpy from torch": numpy_from_torch,
             "floor": lambda: c_sess.run_with_iobinding(binding, run_options),
             "fresh floor": fresh,
+            "checked floor": checked,
+            "checked fresh floor": checked_fresh,
             "TorchSession": lambda: sess(**feeds_t),
             "bound": bound.run,
         },
         repeat,
         number,
     )
+
+
+def _checked_floors(
+    c_sess: ort_c.InferenceSession,
+    device: ort_c.OrtDevice,
+    feeds: dict[str, torch.Tensor],
+    outputs: dict[str, list[int]],
+    run_options: ort.RunOptions,
+) -> tuple[Callable[[], dict[str, torch.Tensor]], Callable[[], dict[str, torch.Tensor]]]:
+    """The two floors plus the checks ortbind owes on each path, written out by hand with no layers.
+
+    ``checked fresh``: a reused binding (as ortbind keeps one per thread); per call, each input
+    passes the fast checks (plain tensor, dtype, device, contiguous, no lazy negation, non-null
+    aligned address inside its storage) and is re-bound only if its address or shape changed; the
+    output shapes come from a dict keyed by the input signature; each output is a fresh tensor
+    bound by pointer. ``checked``: a bound call's run: its lock, every bound tensor still at its
+    address in its unshrunk storage (three reads each), the outputs' autograd versions bumped, a
+    new result dict. The gap from these to ortbind is what its structure costs; the gap from the
+    plain floors to these is what the checks cost.
+    """
+    names = list(feeds)
+    binding = ort_c.SessionIOBinding(c_sess)
+    addresses = [0] * len(names)
+    shapes: list[torch.Size | None] = [None] * len(names)
+    plans = {tuple(tuple(t.shape) for t in feeds.values()): [(n, tuple(s), list(s)) for n, s in outputs.items()]}
+
+    def checked_fresh() -> dict[str, torch.Tensor]:
+        values = [feeds[n] for n in names]
+        signature = []
+        for index, value in enumerate(values):
+            if not (
+                type(value) is torch.Tensor
+                and value.dtype is torch.float32
+                and value.is_cpu
+                and value.is_contiguous()
+                and not value.is_neg()
+            ):
+                raise TypeError(names[index])
+            address, storage, shape = value.data_ptr(), value.untyped_storage(), value.shape
+            if not address or address % 4 or address + value.nbytes > storage.data_ptr() + storage.nbytes():
+                raise ValueError(names[index])
+            if addresses[index] != address or shapes[index] != shape:
+                binding.bind_input(names[index], device, F, list(shape), address)
+                addresses[index], shapes[index] = address, shape
+            signature.append(shape)
+        result = {}
+        for n, dims, out_shape in plans[tuple(signature)]:
+            y = torch.empty(*dims)
+            binding.bind_output(n, device, F, out_shape, y.data_ptr())
+            result[n] = y
+        c_sess.run_with_iobinding(binding, run_options)
+        return result
+
+    bound = ort_c.SessionIOBinding(c_sess)
+    for n, t in feeds.items():
+        bound.bind_input(n, device, F, list(t.shape), t.data_ptr())
+    results = {n: torch.empty(*s) for n, s in outputs.items()}
+    for n, y in results.items():
+        bound.bind_output(n, device, F, list(y.shape), y.data_ptr())
+    held = []
+    for t in [*feeds.values(), *results.values()]:
+        storage = t.untyped_storage()
+        start = torch.Tensor.data_ptr(t)
+        held.append((t.data_ptr, storage.data_ptr, storage.nbytes, start, storage.data_ptr(), start + t.nbytes))
+    written = tuple(results.values())
+    lock = threading.Lock()
+    increment_version = torch._C._increment_version
+
+    def checked() -> dict[str, torch.Tensor]:
+        if not lock.acquire(False):
+            raise RuntimeError("busy")
+        try:
+            for tensor_address, storage_address, storage_size, address, base, end in held:
+                if tensor_address() != address or storage_address() != base or storage_size() < end - base:
+                    raise ValueError("moved")
+            c_sess.run_with_iobinding(bound, run_options)
+            increment_version(written)
+            return dict(results)
+        finally:
+            lock.release()
+
+    return checked_fresh, checked
 
 
 def decoder_interface(layers: int, heads: int = 4, head_dim: int = 8, vocab: int = 64) -> bytes:
@@ -257,8 +347,9 @@ def main(argv: list[str] | None = None) -> int:
         f"one thread; µs per call, median of {args.repeat} rounds × {args.number} calls"
     )
     header = (
-        f"{'model':<16} {'numpy run':>10} {'numpy+torch':>12} {'floor':>8} {'fresh floor':>12} "
-        f"{'TorchSession':>13} {'bound':>8} {'TS/numpy':>9} {'TS/fresh':>9} {'bound/floor':>12} {'bound/numpy':>12}"
+        f"{'model':<16} {'numpy run':>10} {'numpy+torch':>12} {'floor':>8} {'checked':>8} {'fresh floor':>12} "
+        f"{'checked fresh':>14} {'TorchSession':>13} {'bound':>8} {'TS/numpy':>9} {'TS/fresh':>9} "
+        f"{'TS/checked':>11} {'bound/floor':>12} {'bound/checked':>14} {'bound/numpy':>12}"
     )
     print(header)
     print("-" * len(header))
@@ -269,9 +360,12 @@ def main(argv: list[str] | None = None) -> int:
         first = first or r
         print(
             f"{name:<16} {r['numpy run']:>10.2f} {r['numpy from torch']:>12.2f} {r['floor']:>8.2f} "
-            f"{r['fresh floor']:>12.2f} {r['TorchSession']:>13.2f} {r['bound']:>8.2f} "
+            f"{r['checked floor']:>8.2f} {r['fresh floor']:>12.2f} {r['checked fresh floor']:>14.2f} "
+            f"{r['TorchSession']:>13.2f} {r['bound']:>8.2f} "
             f"{r['TorchSession'] / r['numpy run']:>9.2f} {r['TorchSession'] / r['fresh floor']:>9.2f} "
-            f"{r['bound'] / r['floor']:>12.2f} {r['bound'] / r['numpy run']:>12.2f}"
+            f"{r['TorchSession'] / r['checked fresh floor']:>11.2f} "
+            f"{r['bound'] / r['floor']:>12.2f} {r['bound'] / r['checked floor']:>14.2f} "
+            f"{r['bound'] / r['numpy run']:>12.2f}"
         )
     assert first is not None
     print()
@@ -289,6 +383,9 @@ def main(argv: list[str] | None = None) -> int:
         ("plain call / numpy sess.run", first["TorchSession"] / first["numpy run"], 1.00),
     ):
         print(f"  {label:<34} {ratio:5.2f}  (target <= {target:.2f}: {'met' if ratio <= target else 'NOT met'})")
+    print("  (for comparison, the floors with ortbind's checks written out by hand and no layers:")
+    print(f"   checked fresh floor / fresh floor {first['checked fresh floor'] / first['fresh floor']:5.2f}, ", end="")
+    print(f"checked floor / floor {first['checked floor'] / first['floor']:5.2f})")
     print("Targets for planning:")
     for label, value, target in (
         ("new signature, GPT-2 decoder (µs)", plans["GPT-2 decoder (5 outputs)"][0], 15.0),
