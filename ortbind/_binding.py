@@ -381,15 +381,16 @@ def moved(held: Held) -> str | None:
     Cheap enough for every run of a bound call: three pointer-sized reads per tensor.
     """
     tensor_address, storage_address, storage_size, address, base, reach, tensor, _, _, _ = held
-    if tensor_address() != address:
-        return (
-            f"the tensor bound for it moved to other memory since bind() (an in-place resize_, set_ or .data=; "
-            f"now shape {format_shape(tensor.shape)})"
-        )
+    # The storage first: resizing it also moves the tensor, and is the better explanation then.
     if storage_address() != base or storage_size() < reach:
         return (
             f"the storage of the tensor bound for it was resized since bind() (untyped_storage().resize_; now "
             f"{storage_size()} bytes), so the bound memory is gone"
+        )
+    if tensor_address() != address:
+        return (
+            f"the tensor bound for it moved to other memory since bind() (an in-place resize_, set_ or .data=; "
+            f"now shape {format_shape(tensor.shape)})"
         )
     return None
 

@@ -64,6 +64,12 @@ def test_allocator_address_reuse_is_caught(trick: str, role: str) -> None:
         bound.run()
     assert (info.value.kind, info.value.name) == (kind, name)  # type: ignore[attr-defined]
     assert "so ORT would use a stale address; write new values with copy_(), or rebind()" in str(info.value)
+    if trick == "storage_resize":
+        why = "the storage of the tensor bound for it was resized since bind() (untyped_storage().resize_; now 16 bytes"
+    else:
+        why = "the tensor bound for it moved to other memory since bind() (an in-place resize_, set_ or .data=; now "
+        why += "shape (4,))"
+    assert why in str(info.value)
 
 
 def test_a_view_of_a_freed_storage_is_refused_everywhere() -> None:
