@@ -381,18 +381,33 @@ def moved(held: Held) -> str | None:
     Cheap enough for every run of a bound call: three pointer-sized reads per tensor.
     """
     tensor_address, storage_address, storage_size, address, base, reach, tensor, _, _, _ = held
-    # The storage first: resizing it also moves the tensor, and is the better explanation then.
-    if storage_address() != base or storage_size() < reach:
-        return (
-            f"the storage of the tensor bound for it was resized since bind() (untyped_storage().resize_; now "
-            f"{storage_size()} bytes), so the bound memory is gone"
-        )
-    if tensor_address() != address:
+    # A storage shrunk below the binding first: it moves the tensor too, and is the better explanation.
+    shrunk = storage_size() < reach
+    if not shrunk and tensor_address() != address:
         return (
             f"the tensor bound for it moved to other memory since bind() (an in-place resize_, set_ or .data=; "
             f"now shape {format_shape(tensor.shape)})"
         )
+    if shrunk or storage_address() != base:
+        return (
+            f"the storage of the tensor bound for it was resized since bind() (untyped_storage().resize_; now "
+            f"{storage_size()} bytes), so the bound memory is gone"
+        )
     return None
+
+
+def check_subclassed(subclassed: Sequence[tuple[str, torch.Tensor, int]]) -> None:
+    """Raise if a subclass instance bound through a plain alias was re-pointed since bind()."""
+    for name, caller, address in subclassed:
+        with torch._C.DisableTorchFunctionSubclass():
+            now = torch.Tensor.data_ptr(caller)
+        if now != address:
+            raise InputError(
+                f"input {name!r}: the tensor bound for it moved to other memory since it was bound; "
+                f"write new values with copy_(), or rebind()",
+                kind="input",
+                name=name,
+            )
 
 
 class CudaStreamOrder:

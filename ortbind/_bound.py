@@ -413,7 +413,7 @@ class BoundCall:
                 raise RunError(f"bound call: {self._broken}; rebind() again before running", kind="run")
             state = self._state
             if state.subclassed:
-                _check_subclassed(state.subclassed)
+                _binding.check_subclassed(state.subclassed)
             engine = self._engine
             if run_options is None and synchronize is None and self._graph is None:
                 options, asynchronous = engine.policy.default, engine.policy.asynchronous
@@ -451,20 +451,6 @@ class BoundCall:
         keep = {n: t for n, t in prepared.results.items() if t is not None}
         again = self._engine.executor.prepare(prepared.binding, prepared.tensors, slots, buffers, shared, keep=keep)
         self._state = self._state_for(state.feeds, state.signature, plan, again)
-
-
-def _check_subclassed(subclassed: Sequence[tuple[str, torch.Tensor, int]]) -> None:
-    """Raise if a subclass instance bound through a plain alias was re-pointed since bind()."""
-    for name, caller, address in subclassed:
-        with torch._C.DisableTorchFunctionSubclass():
-            now = torch.Tensor.data_ptr(caller)
-        if now != address:
-            raise InputError(
-                f"input {name!r}: the tensor bound for it moved to other memory since it was bound; "
-                f"write new values with copy_(), or rebind()",
-                kind="input",
-                name=name,
-            )
 
 
 def _busy(what: str) -> RunError:

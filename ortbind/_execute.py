@@ -25,7 +25,7 @@ from ._binding import Binding, CudaStreamOrder, Held
 from ._inputs import InputChecker
 from ._metadata import ModelSpec
 from ._ort import BindRefusedError, OrtCalls, OutputRefusedError, unretried
-from ._outputs import no_dlpack, unsupported_output
+from ._outputs import allocators, deliver, no_dlpack, unsupported_output
 from ._plan import (
     DTYPE,
     ELEM_TYPE,
@@ -46,7 +46,7 @@ from ._plan import (
 )
 from ._prepared import Prepared
 from ._shapes import format_shape
-from .errors import InputError, OutputError, RunError, ShapeError
+from .errors import InputError, OutputError, RunError
 
 __all__ = ["Executor", "Prepared"]
 
@@ -57,27 +57,6 @@ _RUN = OrtCalls("run")
 
 _increment_version = torch._C._increment_version
 """What ``torch.autograd.graph.increment_version`` calls, without its Python wrapper (0.2 µs a run)."""
-
-
-def _allocators(spec: ModelSpec, device: torch.device) -> tuple[Any, ...]:
-    """Per output, what allocates its fresh tensors: ``new_empty`` of an empty tensor of its dtype on ``device``.
-
-    ``proto.new_empty(*sizes)`` takes dtype and device from the prototype, so neither is parsed
-    again on every call (``torch.empty(*sizes, dtype=..., device=...)`` costs about 0.3 µs more
-    for a small tensor), and neither ``torch.set_default_dtype`` nor ``set_default_device`` can
-    redirect it. ``None`` for an output ortbind cannot bind.
-    """
-    prototypes: dict[torch.dtype, Any] = {}
-    allocate: list[Any] = []
-    for output in spec.outputs:
-        if output.dtype is None:
-            allocate.append(None)
-            continue
-        if output.dtype not in prototypes:
-            with torch._C.DisableTorchFunction(), torch.inference_mode(False):
-                prototypes[output.dtype] = torch.empty(0, dtype=output.dtype, device=device).new_empty
-        allocate.append(prototypes[output.dtype])
-    return tuple(allocate)
 
 
 class Executor:
@@ -115,7 +94,7 @@ class Executor:
         self.lock = threading.RLock() if serial else None
         self.ort_device = _binding.make_ort_device(device)
         self.dlpack_ok = tuple(_binding.dlpack_supported(s) for s in spec.outputs)
-        self.allocate = _allocators(spec, device)
+        self.allocate = allocators(spec, device)
         self._local = threading.local()
 
     # ------------------------------------------------------------------ bindings
@@ -399,7 +378,7 @@ class Executor:
                 if value is None:  # float8: ORT can hand over its shape only
                     shape_only.append(slot[INDEX])
                     continue
-                results[slot[NAME]] = self._deliver(slot, buffer, shape, value)
+                results[slot[NAME]] = deliver(slot, buffer, shape, value)
             if first is not None:
                 plan = self.plans.learn(signature, plan, observed, refused=first.refused, refusal=True)
             elif not plan.verified and observed:
@@ -511,20 +490,3 @@ class Executor:
             # on ORT's stream (a replay) must wait for them.
             self.order.stream.wait_stream(torch.cuda.current_stream(self.device))
         return produced
-
-    def _deliver(
-        self, slot: Slot, buffer: torch.Tensor | None, shape: tuple[int, ...], value: torch.Tensor
-    ) -> torch.Tensor:
-        """What a call returns for an output ORT allocated: its tensor, or the caller's buffer holding it."""
-        if buffer is None:
-            return value
-        if shape != tuple(buffer.shape):
-            raise ShapeError(
-                f"out {slot[NAME]!r}: the run produced shape {format_shape(shape)}, not the expected "
-                f"{format_shape(buffer.shape)}",
-                kind="out",
-                name=slot[NAME],
-            )
-        if buffer.numel():  # a prediction being checked: ORT wrote its own memory
-            buffer.copy_(value)
-        return buffer
