@@ -244,36 +244,28 @@ class BoundCall:
 
     def _resize_in_place(self, state: BoundState, shapes: Mapping[str, Sequence[int]]) -> bool:
         """Bind the new shapes at the same addresses when no output's shape follows them; whether it did."""
-        reads = state.reads
-        if reads is None:
+        if state.reads is None:
             return False
-        engine = self._engine
-        inputs, program = engine.inputs, engine.plans.program
+        inputs = self._engine.inputs
         signature = list(state.signature)
         changes = []
         for name, dims in shapes.items():
             index = inputs.require(name)
-            axes = reads.get(index)
-            position = state.held_at.get(index)
             shape = _resized_shape(name, dims)
-            old = signature[index]
-            if axes is None or position is None or len(shape) != len(old) or not program.fits(index, shape):
+            if not self._keeps_outputs(state, index, shape, signature[index]):
                 return False
-            for axis in axes:
-                if shape[axis] != old[axis]:
-                    return False
             tensor = state.prepared.tensors[index]
             end = _fits_storage(name, tensor, shape)
-            record = _binding.hold("input", name, tensor, end)
-            if end == record[3]:
+            address = tensor.data_ptr()
+            if end == address:
                 return False  # empty: the general path binds it as ORT takes empty tensors
             signature[index] = shape
-            changes.append((index, position, shape, record))
+            changes.append((index, shape, address, _binding.hold("input", name, tensor, end)))
         self._broken = "its last resize() failed halfway"
         binding = state.prepared.binding
-        for index, position, shape, record in changes:
-            inputs.bind_at(binding, index, record[3], shape)
-            state.held[position] = record
+        for index, shape, address, record in changes:
+            inputs.bind_at(binding, index, address, shape)
+            state.held[state.held_at[index]] = record
             state.resized[index] = shape
         state.signature = tuple(signature)
         self._broken = None
@@ -321,6 +313,19 @@ class BoundCall:
         self._state = self._state_for({**state.feeds, **changes}, signature, plan, prepared)
         self._broken = None
 
+    def _keeps_outputs(self, state: BoundState, index: int, shape: tuple[int, ...], old: tuple[int, ...]) -> bool:
+        """Whether input ``index`` can take ``shape`` (was ``old``) with the plan and outputs as bound.
+
+        It must be held by this call (not a shared output's buffer), keep its rank and fixed dims,
+        and equal ``old`` in every axis the outputs' shapes read (``state.reads``, not ``None``).
+        """
+        axes = state.reads.get(index)  # type: ignore[union-attr]
+        if axes is None or index not in state.held_at or len(shape) != len(old):
+            return False
+        if not self._engine.plans.program.fits(index, shape):
+            return False
+        return all(shape[axis] == old[axis] for axis in axes)
+
     def _step(
         self,
         state: BoundState,
@@ -337,25 +342,12 @@ class BoundCall:
         of its old rank and fixed dims, and equal in every axis the outputs' shapes read. Then
         only those inputs are bound again; the plan, the outputs and their bindings stay.
         """
-        reads = state.reads
-        if reads is None:
+        if state.reads is None:
             return False
-        program = self._engine.plans.program
         signature = list(state.signature)
         for index, value, tensor, shape in zip(indices, values, tensors, shapes):
-            axes = reads.get(index)
-            old = signature[index]
-            if (
-                axes is None
-                or index not in state.held_at
-                or tensor is not value
-                or len(shape) != len(old)
-                or not program.fits(index, shape)
-            ):
+            if tensor is not value or not self._keeps_outputs(state, index, shape, signature[index]):
                 return False
-            for axis in axes:
-                if shape[axis] != old[axis]:
-                    return False
             signature[index] = shape
         inputs = self._engine.inputs
         accepted = list(zip(indices, changes, tensors))

@@ -82,8 +82,6 @@ class Engine:
         self.executor = executor
         self.cuda_graph = cuda_graph
         self.host_inputs = host_inputs
-        self.every = outputs.all
-        """Every output's index, in model order: what a call given no ``output_names`` computes."""
         self._graph_ids = itertools.count()
 
     def next_graph_id(self) -> int:
@@ -110,7 +108,7 @@ class Engine:
         else:
             options, asynchronous = policy.choose(run_options, synchronize)
         executor = self.executor
-        every = self.every
+        every = self.outputs.all
         indices = every if output_names is None else self.outputs.select(output_names)
         binding = executor.thread_binding(indices)
         tensors, signature = self.inputs.check(feeds, binding)

@@ -246,7 +246,9 @@ class Executor:
         except OutputRefusedError as refusal:
             prepared = Prepared(binding, tensors, plan.slots, None, None)
             prepared.bound = len(plan.slots)
-            return self._execute(prepared, signature, plan, options, asynchronous, True, True, refusal)[0]
+            return self._execute(
+                prepared, signature, plan, options, asynchronous, transient=True, retry=True, refused=refusal
+            )[0]
         except RunError:
             self.drop_thread_binding()  # a failed run may leave the binding half-bound
             raise
@@ -288,6 +290,7 @@ class Executor:
             ShapeError: A checked prediction proved wrong for a caller's ``out=`` buffer.
         """
         for record in held:
+            # moved()'s test, written out: it runs for every held tensor on every run; moved() explains.
             tensor_address, storage_address, storage_size, address, base, reach, _, _, kind, name = record
             if tensor_address() != address or storage_address() != base or storage_size() < reach:
                 raise (InputError if kind == "input" else OutputError)(
@@ -323,7 +326,9 @@ class Executor:
                     return prepared.results, plan  # type: ignore[return-value]
                 _increment_version(prepared.written)
                 return dict(prepared.results), plan  # type: ignore[arg-type]
-        return self._execute(prepared, signature, plan, options, asynchronous, transient, retry, refused)
+        return self._execute(
+            prepared, signature, plan, options, asynchronous, transient=transient, retry=retry, refused=refused
+        )
 
     def _execute(
         self,
@@ -332,6 +337,7 @@ class Executor:
         plan: Plan,
         options: ort.RunOptions,
         asynchronous: bool,
+        *,
         transient: bool,
         retry: bool,
         refused: OutputRefusedError | None,
