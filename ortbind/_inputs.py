@@ -41,14 +41,15 @@ class InputChecker:
         self.ort_devices = tuple(_binding.make_ort_device(d) for d in devices)
         self.names = tuple(s.name for s in specs)
         self.every = tuple(range(len(self.names)))
-        # (dtype, required address multiple, CUDA index or -1) per input.
+        # (index, dtype, required address multiple, CUDA index or -1) per input.
         self._rows = tuple(
             (
+                i,
                 s.dtype,
                 _binding.CUDA_ALIGNMENT if d.type == "cuda" else max(1, s.dtype.itemsize if s.dtype else 1),
                 d.index if d.type == "cuda" else -1,
             )
-            for s, d in zip(specs, devices)
+            for i, (s, d) in enumerate(zip(specs, devices))
         )
 
     def check(
@@ -91,9 +92,10 @@ class InputChecker:
         """
         tensors: list[torch.Tensor] = []
         shapes: list[torch.Size] = []
-        rows = self._rows
-        for index, value in zip(indices, values):
-            dtype, align, cuda_index = rows[index]
+        rows = self._rows if indices is self.every else [self._rows[i] for i in indices]
+        if binding is not None:
+            addresses, held = binding.addresses, binding.shapes
+        for (index, dtype, align, cuda_index), value in zip(rows, values):
             try:
                 if (
                     type(value) is torch.Tensor
@@ -112,9 +114,7 @@ class InputChecker:
                     ):
                         tensors.append(value)
                         shapes.append(shape)
-                        if binding is not None and (
-                            binding.addresses[index] != address or binding.shapes[index] != shape
-                        ):
+                        if binding is not None and (addresses[index] != address or held[index] != shape):
                             self.bind_at(binding, index, address, shape)
                         continue
             except RuntimeError:  # a functionalized, nested or other tensor without plain memory

@@ -47,6 +47,7 @@ __all__ = [
 ]
 
 OVERRIDE, DECLARED, INFERRED, ORT = (rule.value for rule in (Rule.OVERRIDE, Rule.DECLARED, Rule.INFERRED, Rule.ORT))
+_PREDICTED = frozenset((DECLARED, INFERRED))
 
 _log = logging.getLogger("ortbind")
 
@@ -166,11 +167,17 @@ class Plan:
 
     __slots__ = ("entries", "simple", "slots", "verified")
 
-    def __init__(self, entries: tuple[tuple[str, Shape | None, str], ...], slots: tuple[Slot, ...], verified: bool):
+    def __init__(
+        self,
+        entries: tuple[tuple[str, Shape | None, str], ...],
+        slots: tuple[Slot, ...],
+        verified: bool,
+        simple: bool,
+    ):
         self.entries = entries
         self.slots = slots
         self.verified = verified
-        self.simple = all(s[SHAPE] is not None for s in slots)
+        self.simple = simple
         """Every output is allocated by ortbind and bound by pointer (the common plain call)."""
 
     def outputs(self) -> tuple[OutputPlan, ...]:
@@ -335,21 +342,24 @@ class PlanCache:
         in C, what is fixed per output worked out once (``_static``), the key hashed as few times
         as the dict needs.
         """
-        slots = []
+        slots: list[Slot] = []
         limit = self.max_output_bytes
-        for index, name, elem_type, dtype, passthrough, problem, itemsize in self._static:
-            rule, shape, reason = entries[index]
-            bound: Shape | None = None
+        simple = True
+        for (index, name, elem_type, dtype, passthrough, problem, itemsize), entry in zip(self._static, entries):
+            rule, shape, reason = entry
             if shape is not None:
                 size = itemsize * prod(shape)
                 if size > limit:
                     rule, shape, reason = entries[index] = self._beyond_limit(index, rule, shape, size)
                 elif size and passthrough is None and problem is None and (verified or rule == OVERRIDE):
-                    bound = shape  # by pointer (an unverified prediction is checked by letting ORT allocate)
-            predicted = rule in (DECLARED, INFERRED)
-            sizes = (bound or ((),)) if bound is not None else ()
-            slots.append((index, name, elem_type, dtype, bound, shape, predicted, passthrough, problem, reason, sizes))
-        plan = Plan(tuple(entries), tuple(slots), verified)
+                    # By pointer (an unverified prediction is checked by letting ORT allocate).
+                    predicted, sizes = rule in _PREDICTED, shape or ((),)  # a scalar's new_empty takes ()
+                    slots.append((index, name, elem_type, dtype, shape, shape, predicted, None, None, reason, sizes))
+                    continue
+            simple = False
+            predicted = rule in _PREDICTED
+            slots.append((index, name, elem_type, dtype, None, shape, predicted, passthrough, problem, reason, ()))
+        plan = Plan(tuple(entries), tuple(slots), verified, simple)
         # Keyed by plain tuples: torch.Size objects would be kept alive and tracked by the collector.
         key = tuple(map(tuple, signature))
         with self._lock:
