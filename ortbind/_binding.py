@@ -8,7 +8,7 @@ lives here and runs before anything is bound.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
 import torch
@@ -25,16 +25,14 @@ __all__ = [
     "CUDA_ALIGNMENT",
     "Binding",
     "CudaStreamOrder",
-    "Held",
     "check_input",
     "check_no_overlap",
     "check_out_buffer",
     "check_tensor",
     "dlpack_supported",
     "from_capsule",
-    "hold",
     "make_ort_device",
-    "moved",
+    "overlaps",
     "plain",
     "short_storage",
 ]
@@ -287,6 +285,21 @@ def _span(tensor: torch.Tensor) -> tuple[int, int]:
     return start, start + tensor.numel() * tensor.element_size()
 
 
+def overlaps(tensor: torch.Tensor, others: Iterable[torch.Tensor], end: int | None = None) -> bool:
+    """Whether ``tensor``'s memory (up to address ``end``, if given) overlaps any of ``others`` on its device."""
+    lo, hi = _span(tensor)
+    if end is not None:
+        hi = end
+    if hi <= lo:
+        return False
+    device = tensor.device
+    for other in others:
+        olo, ohi = _span(other)
+        if lo < ohi and olo < hi and other.device == device:
+            return True
+    return False
+
+
 def check_no_overlap(
     outs: Iterable[tuple[str, torch.Tensor]], inputs: Iterable[tuple[str, torch.Tensor]], label: str = "out"
 ) -> None:
@@ -330,84 +343,6 @@ def dlpack_supported(spec: TensorSpec) -> bool:
     """Whether ORT can hand an output of this type over through DLPack (float8 it cannot)."""
     row = from_onnx(spec.elem_type)
     return row is not None and (row.numpy is not None or row.torch is torch.bfloat16)
-
-
-Held = tuple[
-    Callable[[], int], Callable[[], int], Callable[[], int], int, int, int, torch.Tensor, torch.UntypedStorage, str, str
-]
-"""What a bound call keeps of each tensor it bound, checked before every run: ``(tensor's data_ptr,
-storage's data_ptr, storage's nbytes, address, storage base, reach, tensor, storage, kind, name)``.
-
-The first three are torch's own C methods bound to the tensor and its storage (a Python override
-or an attribute set on the instance cannot answer for them, and a bound method saves a lookup on
-every run); ``reach`` is how many bytes from the storage's base the binding uses. See :func:`hold`
-and :func:`moved`.
-"""
-
-_TENSOR_DATA_PTR = torch._C.TensorBase.data_ptr
-_STORAGE_DATA_PTR = torch._C.StorageBase.data_ptr  # type: ignore[attr-defined]
-_STORAGE_NBYTES = torch._C.StorageBase.nbytes  # type: ignore[attr-defined]
-
-
-def hold(kind: str, name: str, tensor: torch.Tensor, end: int | None = None) -> Held:
-    """Record a plain, non-empty tensor as bound at its current address, keeping its storage alive.
-
-    Holding the storage object keeps the bound memory allocated even if the tensor is re-pointed
-    (``.data =``, ``set_``), so torch's allocator cannot hand the same address to a smaller block;
-    the storage's own base and size then tell whether it was resized in place. ``end``: the
-    address the binding reaches (default: the tensor's end).
-    """
-    storage = tensor.untyped_storage()
-    address = _TENSOR_DATA_PTR(tensor)
-    base = _STORAGE_DATA_PTR(storage)
-    reach = (address + tensor.nbytes if end is None else end) - base
-    return (
-        _TENSOR_DATA_PTR.__get__(tensor),
-        _STORAGE_DATA_PTR.__get__(storage),
-        _STORAGE_NBYTES.__get__(storage),
-        address,
-        base,
-        reach,
-        tensor,
-        storage,
-        kind,
-        name,
-    )
-
-
-def moved(held: Held) -> str | None:
-    """What happened to a held tensor that is no longer where it was bound (``None`` while it is).
-
-    Cheap enough for every run of a bound call: three pointer-sized reads per tensor.
-    """
-    tensor_address, storage_address, storage_size, address, base, reach, tensor, _, _, _ = held
-    # A storage shrunk below the binding first: it moves the tensor too, and is the better explanation.
-    shrunk = storage_size() < reach
-    if not shrunk and tensor_address() != address:
-        return (
-            f"the tensor bound for it moved to other memory since bind() (an in-place resize_, set_ or .data=; "
-            f"now shape {format_shape(tensor.shape)})"
-        )
-    if shrunk or storage_address() != base:
-        return (
-            f"the storage of the tensor bound for it was resized since bind() (untyped_storage().resize_; now "
-            f"{storage_size()} bytes), so the bound memory is gone"
-        )
-    return None
-
-
-def check_subclassed(subclassed: Sequence[tuple[str, torch.Tensor, int]]) -> None:
-    """Raise if a subclass instance bound through a plain alias was re-pointed since bind()."""
-    for name, caller, address in subclassed:
-        with torch._C.DisableTorchFunctionSubclass():
-            now = torch.Tensor.data_ptr(caller)
-        if now != address:
-            raise InputError(
-                f"input {name!r}: the tensor bound for it moved to other memory since it was bound; "
-                f"write new values with copy_(), or rebind()",
-                kind="input",
-                name=name,
-            )
 
 
 class CudaStreamOrder:

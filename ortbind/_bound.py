@@ -16,22 +16,22 @@ from typing import TYPE_CHECKING, Any
 import onnxruntime as ort
 import torch
 
-from . import _binding
+from . import _binding, _held
 from ._outputs import as_shape, mapping_of
 from ._plan import INDEX, NAME, PASSTHROUGH, PREDICTED, SHAPE, Slot
-from ._prepared import BoundState
+from ._prepared import BoundState, Uncopyable
 from .errors import ConfigError, InputError, OutputError, RunError, ShapeError
 
 if TYPE_CHECKING:
-    from ._binding import Held
     from ._engine import Engine
+    from ._held import Held
     from ._plan import Plan
     from ._prepared import Prepared
 
 __all__ = ["BoundCall"]
 
 
-class BoundCall:
+class BoundCall(Uncopyable):
     """A call of a :class:`~ortbind.TorchSession` bound once and run many times.
 
     Made by :meth:`TorchSession.bind`, which checks everything a call checks. Every input and
@@ -87,7 +87,7 @@ class BoundCall:
         self._runs = 0
         self._broken: str | None = None
         given = dict(engine.inputs.mapping(feeds, "feeds"))
-        binding = engine.executor.new_binding(())
+        binding = engine.executor.new_binding()
         tensors, signature = engine.inputs.check(given, binding)
         self._state = self._prepare(given, tensors, signature, binding, keep={})
 
@@ -138,11 +138,12 @@ class BoundCall:
                 subclassed.append((name, caller, tensor.data_ptr()))
             if tensor.numel():
                 held_at[index] = len(held)
-                held.append(_binding.hold("input", name, tensor))
+            # An empty one too: grown in place (resize_), it would move, and the run would not see it.
+            held.append(_held.hold("input", name, tensor))
         shared = prepared.shared or {}
         for name, output in prepared.results.items():
             if output is not None and output.numel() and name not in shared:
-                held.append(_binding.hold("out", name, output))
+                held.append(_held.hold("out", name, output))
         reads = None
         if not (prepared.pending or prepared.passthrough or refresh or subclassed):
             outputs = [slot[INDEX] for slot in prepared.slots if slot[NAME] not in shared]
@@ -259,8 +260,10 @@ class BoundCall:
             address = tensor.data_ptr()
             if end == address:
                 return False  # empty: the general path binds it as ORT takes empty tensors
+            if _binding.overlaps(tensor, state.prepared.written, end):
+                return False  # grown into an output's memory: the general path says why not
             signature[index] = shape
-            changes.append((index, shape, address, _binding.hold("input", name, tensor, end)))
+            changes.append((index, shape, address, _held.hold("input", name, tensor, end)))
         self._broken = "its last resize() failed halfway"
         binding = state.prepared.binding
         for index, shape, address, record in changes:
@@ -280,7 +283,7 @@ class BoundCall:
         given, given_shapes = engine.inputs.accept(indices, values)
         if self.graph_id is None and self._step(state, changes, indices, values, given, given_shapes):
             return
-        tensors = list(state.prepared.tensors)
+        tensors, feeds = self._as_bound(state)
         shapes = list(state.signature)
         for index, tensor, shape in zip(indices, given, given_shapes):
             tensors[index], shapes[index] = tensor, shape
@@ -310,7 +313,7 @@ class BoundCall:
         for index, tensor in accepted:
             engine.inputs.bind(binding, index, tensor)
         prepared = engine.executor.prepare(binding, tensors, slots, buffers, shared, keep=keep)
-        self._state = self._state_for({**state.feeds, **changes}, signature, plan, prepared)
+        self._state = self._state_for({**feeds, **changes}, signature, plan, prepared)
         self._broken = None
 
     def _keeps_outputs(self, state: BoundState, index: int, shape: tuple[int, ...], old: tuple[int, ...]) -> bool:
@@ -345,9 +348,12 @@ class BoundCall:
         if state.reads is None:
             return False
         signature = list(state.signature)
+        written = state.prepared.written
         for index, value, tensor, shape in zip(indices, values, tensors, shapes):
             if tensor is not value or not self._keeps_outputs(state, index, shape, signature[index]):
                 return False
+            if _binding.overlaps(tensor, written):
+                return False  # an output's memory: the general path allocates another or says why not
             signature[index] = shape
         inputs = self._engine.inputs
         accepted = list(zip(indices, changes, tensors))
@@ -358,7 +364,7 @@ class BoundCall:
             prepared.tensors[index] = tensor
             state.feeds[name] = tensor
             state.resized.pop(index, None)
-            held[state.held_at[index]] = _binding.hold("input", name, tensor)
+            held[state.held_at[index]] = _held.hold("input", name, tensor)
         state.signature = tuple(signature)
         self._broken = None
         return True
@@ -405,7 +411,7 @@ class BoundCall:
                 raise RunError(f"bound call: {self._broken}; rebind() again before running", kind="run")
             state = self._state
             if state.subclassed:
-                _binding.check_subclassed(state.subclassed)
+                _held.check_subclassed(state.subclassed)
             engine = self._engine
             if run_options is None and synchronize is None and self._graph is None:
                 options, asynchronous = engine.policy.default, engine.policy.asynchronous
@@ -439,10 +445,24 @@ class BoundCall:
             self._lock.release()
 
     def _rebind_outputs(self, state: BoundState, prepared: Prepared) -> None:
-        plan, slots, buffers, shared = self._plan(prepared.tensors, state.signature)
+        tensors, feeds = self._as_bound(state)
+        plan, slots, buffers, shared = self._plan(tensors, state.signature)
         keep = {n: t for n, t in prepared.results.items() if t is not None}
-        again = self._engine.executor.prepare(prepared.binding, prepared.tensors, slots, buffers, shared, keep=keep)
-        self._state = self._state_for(state.feeds, state.signature, plan, again)
+        again = self._engine.executor.prepare(prepared.binding, tensors, slots, buffers, shared, keep=keep)
+        self._state = self._state_for(feeds, state.signature, plan, again)
+
+    def _as_bound(self, state: BoundState) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+        """The bound tensors and the caller's feeds, an input :meth:`resize` bound as a view of that shape.
+
+        Where the state is made anew (a rebind that re-plans, outputs re-bound after a run), the
+        view makes the new shape the tensor's own: the plan, the held records and :attr:`inputs`
+        all follow what is bound.
+        """
+        tensors, feeds = list(state.prepared.tensors), dict(state.feeds)
+        for index, shape in state.resized.items():
+            name = self._engine.inputs.names[index]
+            tensors[index] = feeds[name] = self._view(state, name, shape)
+        return tensors, feeds
 
 
 def _busy(what: str) -> RunError:

@@ -110,7 +110,7 @@ class Engine:
         executor = self.executor
         every = self.outputs.all
         indices = every if output_names is None else self.outputs.select(output_names)
-        binding = executor.thread_binding(indices)
+        binding = executor.take_binding(indices)
         tensors, signature = self.inputs.check(feeds, binding)
         plan = self.plans.get(signature)
         if indices is every and out is None and output_shapes is None and share is None:

@@ -21,7 +21,8 @@ import onnxruntime as ort
 import torch
 
 from . import _binding
-from ._binding import Binding, CudaStreamOrder, Held
+from ._binding import Binding, CudaStreamOrder
+from ._held import Held, moved
 from ._inputs import InputChecker
 from ._metadata import ModelSpec
 from ._ort import BindRefusedError, OrtCalls, OutputRefusedError, unretried
@@ -46,7 +47,7 @@ from ._plan import (
 )
 from ._prepared import Prepared
 from ._shapes import format_shape
-from .errors import InputError, OutputError, RunError
+from .errors import InputError, OutputError
 
 __all__ = ["Executor", "Prepared"]
 
@@ -99,36 +100,33 @@ class Executor:
 
     # ------------------------------------------------------------------ bindings
 
-    def thread_binding(self, outputs: tuple[int, ...]) -> Binding:
-        """This thread's binding, ready to bind ``outputs``.
+    def take_binding(self, outputs: tuple[int, ...]) -> Binding:
+        """This thread's binding, taken out for one plain call and ready to bind ``outputs``.
 
-        A binding is reused by the thread that made it (creating one costs about as much as the
-        rest of a tiny call). Reuse is safe because every call re-binds every output it asks for,
-        and inputs whose address or shape changed; when the set of outputs differs from the
-        previous call's, the old output bindings are cleared first, so ORT never writes into a
-        buffer handed out earlier.
+        Reused by its thread (making one costs about as much as the rest of a tiny call): every
+        call re-binds each output it asks for and each input whose address or shape changed, and
+        clears the old outputs first when it asks for others. Taken out while in use, so a call
+        made from user code inside another on the same thread (a subclass's
+        ``__torch_function__``, a mapping's methods) gets its own and cannot re-point the outer
+        call's; a call that succeeds gives it back, one that fails drops it (maybe half-bound).
         """
-        binding: Binding | None = getattr(self._local, "binding", None)
+        local = self._local
+        binding: Binding | None = getattr(local, "binding", None)
         if binding is None:
-            binding = self._local.binding = Binding(self.session, len(self.inputs.specs))
+            binding = Binding(self.session, len(self.inputs.specs))
             binding.outputs = outputs
-        elif binding.outputs is not outputs and binding.outputs != outputs:
+            return binding
+        local.binding = None
+        if binding.outputs is not outputs and binding.outputs != outputs:
             if binding.outputs is not None:
                 with _BIND:
                     binding.io.clear_binding_outputs()
             binding.outputs = outputs
         return binding
 
-    def new_binding(self, tensors: Sequence[torch.Tensor]) -> Binding:
-        """A fresh binding with ``tensors`` (checked inputs) bound."""
-        binding = Binding(self.session, len(self.inputs.specs))
-        for index, tensor in enumerate(tensors):
-            self.inputs.bind(binding, index, tensor)
-        return binding
-
-    def drop_thread_binding(self) -> None:
-        """Forget this thread's binding (after a failure left it half-bound)."""
-        self._local.binding = None
+    def new_binding(self) -> Binding:
+        """A fresh binding, nothing bound."""
+        return Binding(self.session, len(self.inputs.specs))
 
     # ------------------------------------------------------------------ preparing
 
@@ -174,7 +172,8 @@ class Executor:
                 shape = slot[SHAPE]
                 if buffer is None and shape is not None:
                     kept = keep.get(name) if keep else None
-                    if kept is not None and kept.shape == shape:
+                    # Not where an input now is (a loop feeding an output back): ORT would read what it writes.
+                    if kept is not None and kept.shape == shape and not _binding.overlaps(kept, tensors):
                         buffer = kept
                     else:
                         buffer = self.allocate[slot[INDEX]](*slot[SIZES])
@@ -237,7 +236,6 @@ class Executor:
             try:
                 io.bind_output(slot[NAME], device, slot[ELEM_TYPE], slot[SHAPE], tensor.data_ptr())
             except Exception as exc:
-                self.drop_thread_binding()
                 mapped = _BIND.mapped(exc)
                 raise (mapped.named("output", slot[NAME]) if isinstance(mapped, BindRefusedError) else mapped) from exc
             results[slot[NAME]] = tensor
@@ -249,9 +247,7 @@ class Executor:
             return self._execute(
                 prepared, signature, plan, options, asynchronous, transient=True, retry=True, refused=refusal
             )[0]
-        except RunError:
-            self.drop_thread_binding()  # a failed run may leave the binding half-bound
-            raise
+        self._local.binding = binding
         return results
 
     def execute(
@@ -278,7 +274,7 @@ class Executor:
             transient: A plain call's binding: release ORT's outputs from it after collecting.
             retry: Rerun once with ORT allocating a predicted output it refused (off for CUDA-graph
                 bound calls, whose outputs must stay at fixed addresses).
-            held: Tensors a bound call holds, checked before the run (see :func:`~._binding.hold`).
+            held: Tensors a bound call holds, checked before the run (see :func:`~._held.hold`).
             refresh: ``(input index, caller's tensor, bound copy)`` for a bound call's copied
                 inputs, refreshed before the run.
             refused: A refusal that already happened for this call (:meth:`fresh`): retry at once.
@@ -291,17 +287,24 @@ class Executor:
         """
         for record in held:
             # moved()'s test, written out: it runs for every held tensor on every run; moved() explains.
-            tensor_address, storage_address, storage_size, address, base, reach, _, _, kind, name = record
-            if tensor_address() != address or storage_address() != base or storage_size() < reach:
+            tensor_address, storage_address, storage_size, address, base, reach, shape, tensor, _, kind, name = record
+            if (
+                tensor_address() != address
+                or storage_address() != base
+                or storage_size() < reach
+                or tensor.shape != shape
+            ):
                 raise (InputError if kind == "input" else OutputError)(
-                    f"{kind} {name!r}: {_binding.moved(record)}, so ORT would use a stale address; write new values "
-                    f"with copy_(), or rebind()",
+                    f"{kind} {name!r}: {moved(record)}; write new values with copy_(), or rebind()",
                     kind=kind,
                     name=name,
                 )
-        for index, caller, copy in refresh:
+        for index, given, copy in refresh:
+            # The caller's tensor is read again: checked again (dtype, device, storage), as a call would.
+            spec = self.inputs.specs[index]
+            caller = _binding.check_tensor("input", spec.name, spec, given, self.inputs.devices[index])
             if caller.shape != copy.shape:
-                name = self.inputs.specs[index].name
+                name = spec.name
                 raise InputError(
                     f"input {name!r}: its shape changed from {format_shape(copy.shape)} to "
                     f"{format_shape(caller.shape)} since it was bound; rebind() it",
@@ -315,12 +318,9 @@ class Executor:
                 self._run(prepared.binding.io, prepared.tensors, prepared.written, options, asynchronous)
             except OutputRefusedError as refusal:
                 refused = refusal
-            except RunError:
-                if transient:
-                    self.drop_thread_binding()  # a failed run may leave the binding half-bound
-                raise
             else:
                 if transient:
+                    self._local.binding = prepared.binding
                     if prepared.buffers or prepared.shared:
                         _increment_version(prepared.written)
                     return prepared.results, plan  # type: ignore[return-value]
@@ -344,6 +344,7 @@ class Executor:
     ) -> tuple[dict[str, torch.Tensor], Plan]:
         """:meth:`execute` beyond the common run: outputs to collect or pass through, refusals to retry."""
         first: OutputRefusedError | None = None
+        taken = prepared.binding
         while True:
             try:
                 if refused is not None:
@@ -356,8 +357,6 @@ class Executor:
                             io.bind_output(slot[NAME], device)  # ORT would write into its last allocation
                 produced = self._run_prepared(prepared, options, asynchronous, transient)
             except OutputRefusedError as refusal:
-                if transient:
-                    self.drop_thread_binding()
                 loosen = [s for s in prepared.slots if s[SHAPE] is not None and s[PREDICTED]]
                 if first is not None or not loosen or not retry:
                     shared_index = (prepared.shared or {}).get(refusal.refused or "")
@@ -367,10 +366,6 @@ class Executor:
                 _log.debug("ORT refused a predicted output buffer (%s); rerunning with ORT allocating it", refusal.text)
                 self._reprepare(prepared, [loosened(s) if s in loosen else s for s in prepared.slots])
                 continue
-            except RunError:
-                if transient:
-                    self.drop_thread_binding()  # a failed run may leave the binding half-bound
-                raise
             prepared.runs += 1
             if not produced and first is None:
                 results: dict[str, Any] = prepared.results if transient else dict(prepared.results)
@@ -400,11 +395,18 @@ class Executor:
             results[slot[NAME]] = source.clone() if target is None else target.copy_(source)
         if prepared.written and (prepared.buffers or prepared.shared or not transient):
             _increment_version(prepared.written)
+        if transient and prepared.binding is taken:  # not one a retry made: it bound outputs of its own
+            self._local.binding = taken
         return results, plan
 
     def _reprepare(self, prepared: Prepared, slots: list[Slot]) -> None:
-        """Re-bind ``prepared`` in place on a fresh binding with other slots (after a refusal)."""
-        binding = self.new_binding(prepared.tensors)
+        """Re-bind ``prepared`` in place on a fresh binding with other slots (after a refusal); inputs
+        as the old binding holds them (``BoundCall.resize`` binds shapes no tensor has)."""
+        old = prepared.binding
+        binding = self.new_binding()
+        for index, (address, shape) in enumerate(zip(old.addresses, old.shapes)):
+            assert shape is not None and address >= 0, "a binding that ran has every input bound"
+            self.inputs.bind_at(binding, index, address, shape)
         fresh = self.prepare(binding, prepared.tensors, slots, prepared.buffers, prepared.shared)
         for field in ("binding", "slots", "results", "pending", "passthrough", "written", "bound", "common"):
             setattr(prepared, field, getattr(fresh, field))

@@ -7,13 +7,16 @@ one per bind); :class:`BoundState` is what a :class:`~ortbind.BoundCall` keeps b
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 
-from ._binding import Binding, Held
+from ._binding import Binding
+from ._held import Held
 from ._plan import Plan, Slot
+from .errors import ConfigError
 
-__all__ = ["BoundState", "Prepared"]
+__all__ = ["BoundState", "Prepared", "Uncopyable"]
 
 
 class Prepared:
@@ -117,3 +120,25 @@ class BoundState:
         self.subclassed = subclassed
         self.reads = reads
         self.resized: dict[int, torch.Size] = {}
+
+
+class Uncopyable:
+    """Refuses ``copy.copy``, ``copy.deepcopy`` and pickling with an ortbind error that says why.
+
+    A copy would share ORT's session and bindings (a copy's rebind() would re-point the
+    original's binding, and ORT would write into tensors only the copy keeps alive); ORT's
+    objects cannot be pickled either.
+    """
+
+    __slots__ = ()
+
+    def _refuse(self, *_: object) -> Any:
+        what = type(self).__name__
+        raise ConfigError(
+            f"{what}: cannot be copied or pickled, as it holds ONNX Runtime's session and bindings; make a new "
+            f"one instead ({'sess.bind(...)' if what == 'BoundCall' else 'TorchSession(model, device)'})",
+            kind="option",
+            name="copy",
+        )
+
+    __copy__ = __deepcopy__ = __reduce_ex__ = __reduce__ = _refuse

@@ -21,17 +21,18 @@ from ._execute import Executor
 from ._inference import ShapeInferencer
 from ._inputs import InputChecker
 from ._metadata import ModelSource, ModelSpec, TensorSpec, read_spec
-from ._outputs import OutputChecker
+from ._outputs import OutputChecker, mapping_of
 from ._plan import DEFAULT_SIZE, PlanCache, device_capacity
+from ._prepared import Uncopyable
 from ._providers import ProviderSpec
 from ._runoptions import RunPolicy
 from ._shapes import OutputPlan, ShapeProgram
-from .errors import ConfigError, ModelError
+from .errors import ConfigError, ModelError, ShapeError
 
 __all__ = ["BoundCall", "TorchSession"]
 
 
-class TorchSession:
+class TorchSession(Uncopyable):
     """Runs an ONNX model on ONNX Runtime with torch tensors, binding their memory directly.
 
     Inputs are bound by ``data_ptr`` after they are checked (type, real storage, dtype, device,
@@ -213,8 +214,12 @@ class TorchSession:
         _check_interface(spec, loaded.session)
         on_cuda = device.type == "cuda"
         for name, value in (("max_output_bytes", max_output_bytes), ("plan_cache_size", plan_cache_size)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+            if (value is not None or name == "plan_cache_size") and (
+                isinstance(value, bool) or not isinstance(value, int) or value <= 0
+            ):
                 raise ConfigError(f"{name}: expected a positive int, got {value!r}", kind="option", name=name)
+        if output_shapes is not None:
+            mapping_of(output_shapes, "output_shapes", "output", ShapeError, "output name -> dims (ints or symbols)")
         if cuda_graph and not on_cuda:
             raise ConfigError(
                 f"cuda_graph=True: CUDA graphs need a CUDA session, but this one runs on {device}; "

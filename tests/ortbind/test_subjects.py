@@ -6,6 +6,7 @@ raise site of the library once and checks all three.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,13 @@ def _moved_input() -> None:
     x = torch.randn(3, 4)
     bound = _session().bind({"x": x, "s": torch.tensor(1.0)})
     x.resize_(100, 100)
+    bound.run()
+
+
+def _reshaped_input() -> None:
+    x = torch.randn(3, 4)
+    bound = _session().bind({"x": x, "s": torch.tensor(1.0)})
+    x.resize_(2, 4)
     bound.run()
 
 
@@ -285,6 +293,17 @@ CASES: list[tuple[str, Callable[[], object], type[ortbind.OrtbindError], str | N
         "option",
         "device_id",
     ),
+    ("plan_cache_size None", lambda: _session(plan_cache_size=None), ortbind.ConfigError, "option", "plan_cache_size"),  # type: ignore[arg-type]
+    (
+        "output_shapes not a mapping",
+        lambda: _session(output_shapes=[("y", [3, 4])]),  # type: ignore[arg-type]
+        ortbind.ShapeError,
+        "output",
+        None,
+    ),
+    ("copy of a session", lambda: copy.copy(_session()), ortbind.ConfigError, "option", "copy"),
+    ("copy of a bound call", lambda: copy.deepcopy(_session().bind(_feeds())), ortbind.ConfigError, "option", "copy"),
+    ("shape changed in place", _reshaped_input, ortbind.InputError, "input", "x"),
     ("model type", lambda: _session(5), ortbind.ModelError, "model", None),  # type: ignore[arg-type]
     ("model bytes", lambda: _session(b"\x00\xff not a model"), ortbind.ModelError, "model", None),
     ("from_session type", lambda: ortbind.TorchSession.from_session("x"), ortbind.ConfigError, "option", "session"),  # type: ignore[arg-type]

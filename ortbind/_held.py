@@ -1,0 +1,115 @@
+"""What a bound call holds of each tensor it bound, and the check before every run that each is as bound.
+
+A bound call runs many times on the addresses bound once; between runs the caller may re-point a
+tensor (``.data =``, ``set_``, ``resize_``), resize its storage (FSDP frees parameters that way), or
+free it and let torch's allocator hand the same address to a smaller block. The record kept here
+tells each of these apart from a tensor that is still as it was bound.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from ._shapes import format_shape
+from .errors import InputError
+
+__all__ = ["Held", "check_subclassed", "hold", "moved"]
+
+Held = tuple[
+    Callable[[], int],
+    Callable[[], int],
+    Callable[[], int],
+    int,
+    int,
+    int,
+    torch.Size,
+    torch.Tensor,
+    torch.UntypedStorage,
+    str,
+    str,
+]
+"""What a bound call keeps of each tensor it bound, checked before every run: ``(tensor's data_ptr,
+storage's data_ptr, storage's nbytes, address, storage base, reach, shape, tensor, storage, kind,
+name)``.
+
+The first three are torch's own C methods bound to the tensor and its storage (a Python override
+or an attribute set on the instance cannot answer for them, and a bound method saves a lookup on
+every run); ``reach`` is how many bytes from the storage's base the binding uses; ``shape`` is the
+tensor's shape when it was bound. See :func:`hold` and :func:`moved`.
+"""
+
+_TENSOR_DATA_PTR = torch._C.TensorBase.data_ptr
+_STORAGE_DATA_PTR = torch._C.StorageBase.data_ptr  # type: ignore[attr-defined]
+_STORAGE_NBYTES = torch._C.StorageBase.nbytes  # type: ignore[attr-defined]
+
+
+def hold(kind: str, name: str, tensor: torch.Tensor, end: int | None = None) -> Held:
+    """Record a plain tensor as bound at its current address and shape, keeping its storage alive.
+
+    Holding the storage object keeps the bound memory allocated even if the tensor is re-pointed
+    (``.data =``, ``set_``), so torch's allocator cannot hand the same address to a smaller block;
+    the storage's own base and size then tell whether it was resized in place. ``end``: the
+    address the binding reaches (default: the tensor's end).
+    """
+    storage = tensor.untyped_storage()
+    address = _TENSOR_DATA_PTR(tensor)
+    base = _STORAGE_DATA_PTR(storage)
+    reach = (address + tensor.nbytes if end is None else end) - base
+    return (
+        _TENSOR_DATA_PTR.__get__(tensor),
+        _STORAGE_DATA_PTR.__get__(storage),
+        _STORAGE_NBYTES.__get__(storage),
+        address,
+        base,
+        reach,
+        tensor.shape,
+        tensor,
+        storage,
+        kind,
+        name,
+    )
+
+
+def moved(held: Held) -> str | None:
+    """What happened to a held tensor that is no longer as it was bound, and what ORT would do (``None`` while it is).
+
+    Cheap enough for every run of a bound call: three pointer-sized reads and a shape per tensor.
+    The tensor's strides are not checked: an in-place ``t_()`` of a square tensor or an
+    ``as_strided_`` to its own shape goes unseen (ORT reads the same memory, row-major, as bound).
+    """
+    tensor_address, storage_address, storage_size, address, base, reach, shape, tensor, _, _, _ = held
+    # A storage shrunk below the binding first: it moves the tensor too, and is the better explanation.
+    shrunk = storage_size() < reach
+    if not shrunk and tensor_address() != address:
+        return (
+            f"the tensor bound for it moved to other memory since bind() (an in-place resize_, set_ or .data=; "
+            f"now shape {format_shape(tensor.shape)}), so ORT would use a stale address"
+        )
+    if shrunk or storage_address() != base:
+        return (
+            f"the storage of the tensor bound for it was resized since bind() (untyped_storage().resize_; now "
+            f"{storage_size()} bytes): the bound memory is gone, so ORT would use a stale address"
+        )
+    if tensor.shape != shape:
+        return (
+            f"the tensor bound for it changed shape in place since bind() (from {format_shape(shape)} to "
+            f"{format_shape(tensor.shape)}: resize_, set_, .data= or t_()), so ORT would use the bound shape, "
+            f"not the tensor's"
+        )
+    return None
+
+
+def check_subclassed(subclassed: Sequence[tuple[str, torch.Tensor, int]]) -> None:
+    """Raise if a subclass instance bound through a plain alias was re-pointed since bind()."""
+    for name, caller, address in subclassed:
+        with torch._C.DisableTorchFunctionSubclass():
+            now = torch.Tensor.data_ptr(caller)
+        if now != address:
+            raise InputError(
+                f"input {name!r}: the tensor bound for it moved to other memory since it was bound; "
+                f"write new values with copy_(), or rebind()",
+                kind="input",
+                name=name,
+            )
