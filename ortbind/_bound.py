@@ -49,9 +49,9 @@ class BoundCall(Uncopyable):
       ORT on every run and come back as new tensors each time; in a ``cuda_graph`` session such
       an output is an error at :meth:`TorchSession.bind`.
     - The bound call keeps every bound tensor, and its storage, alive until it is re-bound or
-      dropped, and checks before each run that each is still where it was bound (an in-place
-      ``resize_``, ``set_``, ``.data =`` or a storage resized under it is an error, never a stale
-      or freed address handed to ORT).
+      dropped, and checks before each run that each is still where and as it was bound (an
+      in-place ``resize_``, ``set_``, ``.data =``, ``t_()`` or a storage resized under it is an
+      error, never a stale or freed address, or a stale shape, handed to ORT).
     - It is not for concurrent use: a second thread calling :meth:`run` or :meth:`rebind` while
       one runs gets a :class:`~ortbind.RunError`. Bind one per thread.
     - In a ``cuda_graph`` session it owns one CUDA graph (:attr:`graph_id`), captured by ORT
