@@ -405,15 +405,17 @@ class Binding:
         addresses: Per input, the address it holds (-1: nothing).
         shapes: Per input, the shape it holds.
         outputs: The output indices last bound by a plain call (``None``: nothing kept).
+        busy: A plain call is using it (a call made inside that one takes another binding).
         bound_outputs: Output name -> ``(address, shape)`` a bound call's binding holds, so
             re-binding it after a rebind() skips outputs that did not change.
     """
 
-    __slots__ = ("addresses", "bound_outputs", "io", "outputs", "shapes")
+    __slots__ = ("addresses", "bound_outputs", "busy", "io", "outputs", "shapes")
 
     def __init__(self, session: Any, inputs: int) -> None:
         self.io = ort_c.SessionIOBinding(session)
         self.addresses: list[int] = [-1] * inputs
         self.shapes: list[torch.Size | None] = [None] * inputs
         self.outputs: tuple[int, ...] | None = None
+        self.busy = False
         self.bound_outputs: dict[str, tuple[int, torch.Size]] = {}

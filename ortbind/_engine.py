@@ -111,17 +111,23 @@ class Engine:
         every = self.outputs.all
         indices = every if output_names is None else self.outputs.select(output_names)
         binding = executor.take_binding(indices)
-        tensors, signature = self.inputs.check(feeds, binding)
-        plan = self.plans.get(signature)
-        if indices is every and out is None and output_shapes is None and share is None:
-            if plan.simple:
-                return executor.fresh(binding, tensors, signature, plan, options, asynchronous)
-            prepared = executor.prepare(binding, tensors, plan.slots, None)
-        else:
-            slots, buffers, shared = self.outputs_for(plan, indices, tensors, out, output_shapes, share)
-            prepared = executor.prepare(binding, tensors, slots, buffers, shared)
-        results, _ = executor.execute(prepared, signature, plan, options, asynchronous, transient=True)
-        return results
+        try:
+            tensors, signature = self.inputs.check(feeds, binding)
+            plan = self.plans.get(signature)
+            if indices is every and out is None and output_shapes is None and share is None:
+                if plan.simple:
+                    return executor.fresh(binding, tensors, signature, plan, options, asynchronous)
+                prepared = executor.prepare(binding, tensors, plan.slots, None)
+            else:
+                slots, buffers, shared = self.outputs_for(plan, indices, tensors, out, output_shapes, share)
+                prepared = executor.prepare(binding, tensors, slots, buffers, shared)
+            results, _ = executor.execute(prepared, signature, plan, options, asynchronous, transient=True)
+            return results
+        except BaseException:
+            executor.drop_binding(binding)  # a failed call may leave it half-bound
+            raise
+        finally:
+            binding.busy = False
 
     def outputs_for(
         self,

@@ -101,28 +101,33 @@ class Executor:
     # ------------------------------------------------------------------ bindings
 
     def take_binding(self, outputs: tuple[int, ...]) -> Binding:
-        """This thread's binding, taken out for one plain call and ready to bind ``outputs``.
+        """This thread's binding, marked busy for one plain call (which clears it, or drops a binding it failed with).
 
         Reused by its thread (making one costs about as much as the rest of a tiny call): every
         call re-binds each output it asks for and each input whose address or shape changed, and
-        clears the old outputs first when it asks for others. Taken out while in use, so a call
-        made from user code inside another on the same thread (a subclass's
-        ``__torch_function__``, a mapping's methods) gets its own and cannot re-point the outer
-        call's; a call that succeeds gives it back, one that fails drops it (maybe half-bound).
+        clears the old outputs first when it asks for others. A call made from user code inside
+        a busy one (a subclass's ``__torch_function__``, a mapping's methods) gets its own.
         """
         local = self._local
         binding: Binding | None = getattr(local, "binding", None)
-        if binding is None:
-            binding = Binding(self.session, len(self.inputs.specs))
-            binding.outputs = outputs
-            return binding
-        local.binding = None
+        if binding is None or binding.busy:
+            fresh = Binding(self.session, len(self.inputs.specs))
+            fresh.outputs, fresh.busy = outputs, True
+            if binding is None:
+                local.binding = fresh
+            return fresh
+        binding.busy = True
         if binding.outputs is not outputs and binding.outputs != outputs:
             if binding.outputs is not None:
                 with _BIND:
                     binding.io.clear_binding_outputs()
             binding.outputs = outputs
         return binding
+
+    def drop_binding(self, binding: Binding) -> None:
+        """Forget ``binding`` if it is this thread's (a call that failed with it)."""
+        if getattr(self._local, "binding", None) is binding:
+            self._local.binding = None
 
     def new_binding(self) -> Binding:
         """A fresh binding, nothing bound."""
@@ -247,7 +252,6 @@ class Executor:
             return self._execute(
                 prepared, signature, plan, options, asynchronous, transient=True, retry=True, refused=refusal
             )[0]
-        self._local.binding = binding
         return results
 
     def execute(
@@ -320,7 +324,6 @@ class Executor:
                 refused = refusal
             else:
                 if transient:
-                    self._local.binding = prepared.binding
                     if prepared.buffers or prepared.shared:
                         _increment_version(prepared.written)
                     return prepared.results, plan  # type: ignore[return-value]
@@ -344,7 +347,6 @@ class Executor:
     ) -> tuple[dict[str, torch.Tensor], Plan]:
         """:meth:`execute` beyond the common run: outputs to collect or pass through, refusals to retry."""
         first: OutputRefusedError | None = None
-        taken = prepared.binding
         while True:
             try:
                 if refused is not None:
@@ -395,8 +397,6 @@ class Executor:
             results[slot[NAME]] = source.clone() if target is None else target.copy_(source)
         if prepared.written and (prepared.buffers or prepared.shared or not transient):
             _increment_version(prepared.written)
-        if transient and prepared.binding is taken:  # not one a retry made: it bound outputs of its own
-            self._local.binding = taken
         return results, plan
 
     def _reprepare(self, prepared: Prepared, slots: list[Slot]) -> None:
