@@ -7,7 +7,6 @@ lives here and runs before anything is bound.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
@@ -19,7 +18,7 @@ from onnxruntime.capi.onnxruntime_inference_collection import OrtDevice
 from ._dtypes import from_onnx
 from ._metadata import TensorSpec
 from ._shapes import format_shape
-from .errors import CopyWarning, DeviceError, DTypeError, InputError, OutputError, ShapeError
+from .errors import CopyWarning, DeviceError, DTypeError, InputError, OutputError, ShapeError, _warn
 
 __all__ = [
     "CUDA_ALIGNMENT",
@@ -239,7 +238,7 @@ def check_input(
             kind="input",
             name=name,
         )
-    warnings.warn(f"input {name!r}: copied because {why} (allow_copy=True)", CopyWarning, stacklevel=4)
+    _warn(f"input {name!r}: copied because {why} (allow_copy=True)", CopyWarning)
     # clone() gives fresh, dense, resolved memory from torch's allocator (aligned to >= 64 bytes).
     copy = tensor.resolve_conj().resolve_neg().clone(memory_format=torch.contiguous_format)
     assert layout_problem(copy, device) is None

@@ -22,7 +22,7 @@ import torch
 
 from . import _binding
 from ._binding import Binding, CudaStreamOrder
-from ._held import Held, moved
+from ._held import Held, check_held
 from ._inputs import InputChecker
 from ._metadata import ModelSpec
 from ._ort import BindRefusedError, OrtCalls, OutputRefusedError, unretried
@@ -47,7 +47,7 @@ from ._plan import (
 )
 from ._prepared import Prepared
 from ._shapes import format_shape
-from .errors import InputError, OutputError
+from .errors import InputError
 
 __all__ = ["Executor", "Prepared"]
 
@@ -289,20 +289,8 @@ class Executor:
             RunError: ONNX Runtime failed.
             ShapeError: A checked prediction proved wrong for a caller's ``out=`` buffer.
         """
-        for record in held:
-            # moved()'s test, written out: it runs for every held tensor on every run; moved() explains.
-            tensor_address, storage_address, storage_size, address, base, reach, shape, tensor, _, kind, name = record
-            if (
-                tensor_address() != address
-                or storage_address() != base
-                or storage_size() < reach
-                or tensor.shape != shape
-            ):
-                raise (InputError if kind == "input" else OutputError)(
-                    f"{kind} {name!r}: {moved(record)}; write new values with copy_(), or rebind()",
-                    kind=kind,
-                    name=name,
-                )
+        if held:
+            check_held(held)
         for index, given, copy in refresh:
             # The caller's tensor is read again: checked again (dtype, device, storage), as a call would.
             spec = self.inputs.specs[index]

@@ -13,9 +13,9 @@ from collections.abc import Callable, Sequence
 import torch
 
 from ._shapes import format_shape
-from .errors import InputError
+from .errors import InputError, OutputError
 
-__all__ = ["Held", "check_subclassed", "hold", "moved"]
+__all__ = ["Held", "check_held", "check_subclassed", "hold", "moved"]
 
 Held = tuple[
     Callable[[], int],
@@ -25,19 +25,20 @@ Held = tuple[
     int,
     int,
     torch.Size,
+    torch.dtype,
     torch.Tensor,
     torch.UntypedStorage,
     str,
     str,
 ]
 """What a bound call keeps of each tensor it bound, checked before every run: ``(tensor's data_ptr,
-storage's data_ptr, storage's nbytes, address, storage base, reach, shape, tensor, storage, kind,
-name)``.
+storage's data_ptr, storage's nbytes, address, storage base, reach, shape, dtype, tensor, storage,
+kind, name)``.
 
 The first three are torch's own C methods bound to the tensor and its storage (a Python override
 or an attribute set on the instance cannot answer for them, and a bound method saves a lookup on
-every run); ``reach`` is how many bytes from the storage's base the binding uses; ``shape`` is the
-tensor's shape when it was bound. See :func:`hold` and :func:`moved`.
+every run); ``reach`` is how many bytes from the storage's base the binding uses; ``shape`` and
+``dtype`` are the tensor's when it was bound (it was contiguous then). See :func:`hold` and :func:`moved`.
 """
 
 _TENSOR_DATA_PTR = torch._C.TensorBase.data_ptr
@@ -65,6 +66,7 @@ def hold(kind: str, name: str, tensor: torch.Tensor, end: int | None = None) -> 
         base,
         reach,
         tensor.shape,
+        tensor.dtype,
         tensor,
         storage,
         kind,
@@ -72,14 +74,36 @@ def hold(kind: str, name: str, tensor: torch.Tensor, end: int | None = None) -> 
     )
 
 
+def check_held(held: Sequence[Held]) -> None:
+    """Raise :class:`~ortbind.InputError` or :class:`~ortbind.OutputError` if a held tensor is not as bound.
+
+    Runs before every run of a bound call, for every tensor it holds: :func:`moved`'s tests,
+    written out (a call per tensor would cost about 5% of a tiny run); :func:`moved` explains.
+    """
+    for record in held:
+        data_ptr, storage_ptr, storage_size, address, base, reach, shape, dtype, tensor, _, kind, name = record
+        if (
+            data_ptr() != address
+            or storage_ptr() != base
+            or storage_size() < reach
+            or tensor.shape != shape
+            or tensor.dtype is not dtype
+            or not tensor.is_contiguous()
+        ):
+            raise (InputError if kind == "input" else OutputError)(
+                f"{kind} {name!r}: {moved(record)}; write new values with copy_(), or rebind()",
+                kind=kind,
+                name=name,
+            )
+
+
 def moved(held: Held) -> str | None:
     """What happened to a held tensor that is no longer as it was bound, and what ORT would do (``None`` while it is).
 
-    Cheap enough for every run of a bound call: three pointer-sized reads and a shape per tensor.
-    The tensor's strides are not checked: an in-place ``t_()`` of a square tensor or an
-    ``as_strided_`` to its own shape goes unseen (ORT reads the same memory, row-major, as bound).
+    Cheap enough for every run of a bound call: three pointer-sized reads, the shape, the dtype and
+    contiguity per tensor (a contiguous tensor of the same shape and address has the same layout).
     """
-    tensor_address, storage_address, storage_size, address, base, reach, shape, tensor, _, _, _ = held
+    tensor_address, storage_address, storage_size, address, base, reach, shape, dtype, tensor, _, _, _ = held
     # A storage shrunk below the binding first: it moves the tensor too, and is the better explanation.
     shrunk = storage_size() < reach
     if not shrunk and tensor_address() != address:
@@ -97,6 +121,16 @@ def moved(held: Held) -> str | None:
             f"the tensor bound for it changed shape in place since bind() (from {format_shape(shape)} to "
             f"{format_shape(tensor.shape)}: resize_, set_, .data= or t_()), so ORT would use the bound shape, "
             f"not the tensor's"
+        )
+    if tensor.dtype is not dtype:
+        return (
+            f"the tensor bound for it changed dtype in place since bind() (from {dtype} to {tensor.dtype}: "
+            f".data= or set_), so ORT would read its bytes as {dtype}"
+        )
+    if not tensor.is_contiguous():
+        return (
+            f"the tensor bound for it is no longer contiguous (strides {tuple(tensor.stride())} since bind(): "
+            f"t_(), as_strided_ or .data=), so ORT would read its memory in the bound row-major order"
         )
     return None
 

@@ -10,6 +10,7 @@ output and intermediate shapes are cleared so a wrong declaration cannot veto th
 from __future__ import annotations
 
 import atexit
+import collections
 import contextlib
 import itertools
 import logging
@@ -20,7 +21,6 @@ import struct
 import subprocess
 import sys
 import threading
-import warnings
 import weakref
 from collections.abc import Mapping
 from pathlib import Path
@@ -30,7 +30,7 @@ import onnx
 import onnx.shape_inference
 
 from ._dimexpr import Shape
-from .errors import OrtbindWarning
+from .errors import OrtbindWarning, _warn
 
 __all__ = ["ShapeInferencer"]
 
@@ -147,11 +147,10 @@ class ShapeInferencer:
             return _WORKER.infer(self._key, self._skeleton, {k: tuple(v) for k, v in shapes.items()})
         except _WorkerLostError as exc:
             self._failed = True
-            warnings.warn(
+            _warn(
                 f"ONNX shape inference failed on this model ({exc}); outputs whose shapes the declared dims do "
                 f"not give are allocated by ONNX Runtime from now on",
                 OrtbindWarning,
-                stacklevel=2,
             )
             return {}
 
@@ -163,6 +162,9 @@ class _WorkerLostError(Exception):
 _KEYS = itertools.count()
 
 _WORKER_PATH: Final = Path(__file__).with_name("_inference_worker.py")
+
+_MAX_REPLY: Final = 1 << 32
+"""Bytes a reply may announce; more means the worker's stdout carries something else."""
 
 _TIMEOUT_S: Final = 120.0
 """The longest one inference may take before the worker is taken for hung and killed."""
@@ -181,14 +183,29 @@ class _Worker:
         self._process: subprocess.Popen[bytes] | None = None
         self._pid = -1
         self._loaded: set[int] = set()
+        # Keys of sessions gone, sent at the next request: a finalizer may run (cyclic GC) while
+        # this thread holds the lock, so drop() must never wait for it.
+        self._dropped: collections.deque[int] = collections.deque()
+        os.register_at_fork(after_in_child=self._forget)
+
+    def _forget(self) -> None:
+        """In a forked child: the parent's lock may be held by a thread that does not exist here, and
+        its worker is the parent's. Start afresh (the child starts a worker of its own on first use)."""
+        self._lock = threading.Lock()
+        self._process, self._pid, self._loaded = None, -1, set()
+        self._dropped.clear()
 
     def _start(self) -> subprocess.Popen[bytes]:
         if not sys.executable:
             raise _WorkerLostError("no Python interpreter to start the inference worker with (sys.executable is empty)")
         code = f"import runpy; runpy.run_path({str(_WORKER_PATH)!r}, run_name='__main__')"
         try:
+            # -P: no working directory on sys.path, so no onnx.py or pickle.py of the caller's runs there.
             process = subprocess.Popen(
-                [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+                [sys.executable, "-P", "-c", code],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
             )
         except OSError as exc:
             raise _WorkerLostError(f"the inference worker could not start: {exc}") from exc
@@ -197,18 +214,23 @@ class _Worker:
 
     def _request(self, message: tuple[Any, ...]) -> Any:
         process = self._process
-        if process is None or self._pid != os.getpid() or process.poll() is not None:
-            process = self._start()
-        assert process.stdin is not None and process.stdout is not None
+        assert process is not None and process.stdin is not None and process.stdout is not None
         payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
         try:
             process.stdin.write(struct.pack("<Q", len(payload)) + payload)
             process.stdin.flush()
-            head = self._read(process, 8)
-            reply = pickle.loads(self._read(process, struct.unpack("<Q", head)[0]))
-        except (OSError, EOFError, struct.error, pickle.UnpicklingError) as exc:
+            (size,) = struct.unpack("<Q", self._read(process, 8))
+            if size > _MAX_REPLY:
+                raise EOFError(f"a reply of {size} bytes: something else writes to the worker's stdout")
+            reply = pickle.loads(self._read(process, size))
+            if reply != "ok" and not (message[0] == "infer" and type(reply) is tuple and len(reply) == 2):
+                raise EOFError(f"an answer that is not one: {reply!r:.80}")
+        except Exception as exc:  # the answer is lost, or not one: nothing later could be trusted
             self._stop()
             raise _WorkerLostError(str(exc) or type(exc).__name__) from exc
+        except BaseException:  # interrupted mid-request: the answer would be read by the next request
+            self._stop()
+            raise
         return reply
 
     def _read(self, process: subprocess.Popen[bytes], count: int) -> bytes:
@@ -240,9 +262,15 @@ class _Worker:
 
     def infer(self, key: int, skeleton: bytes, shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
         with self._lock:
-            if key not in self._loaded or self._pid != os.getpid():
-                if self._process is None or self._pid != os.getpid():
-                    self._start()
+            process = self._process
+            if process is None or self._pid != os.getpid() or process.poll() is not None:
+                self._start()  # and every model is loaded again, on its next request
+            while self._dropped:
+                gone = self._dropped.popleft()
+                if gone in self._loaded:
+                    self._loaded.discard(gone)
+                    self._request(("drop", gone))
+            if key not in self._loaded:
                 self._request(("load", key, skeleton))
                 self._loaded.add(key)
             kind, value = self._request(("infer", key, shapes))
@@ -252,11 +280,8 @@ class _Worker:
         return dict(value)
 
     def drop(self, key: int) -> None:
-        with self._lock:
-            if key in self._loaded and self._process is not None and self._pid == os.getpid():
-                self._loaded.discard(key)
-                with contextlib.suppress(_WorkerLostError):
-                    self._request(("drop", key))
+        """Forget a session's model in the worker, at its next request (never blocks: see ``_dropped``)."""
+        self._dropped.append(key)
 
     def close(self) -> None:
         """End the worker: it exits when its stdin closes (at the latest, when this process exits)."""

@@ -8,7 +8,6 @@ that :class:`~ortbind.TorchSession` runs.
 from __future__ import annotations
 
 import contextlib
-import warnings
 import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ from ._providers import (
     plan_providers,
     uses_gpu,
 )
-from .errors import ConfigError, ModelError, ProviderError, ProviderFallbackWarning
+from .errors import ConfigError, ModelError, ProviderError, ProviderFallbackWarning, _warn
 
 __all__ = ["Loaded", "adopt", "load"]
 
@@ -193,10 +192,9 @@ def load(
         if not uses_gpu(active):
             device_now = torch.device("cpu")
             stream = None
-        warnings.warn(
+        _warn(
             f"{message}; running on {active} with tensors on {device_now} (allow_cpu_fallback=True)",
             ProviderFallbackWarning,
-            stacklevel=3,
         )
     return Loaded(session, loaded.proto, loaded.path, device_now, stream)
 

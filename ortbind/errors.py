@@ -30,6 +30,11 @@ opt-in fallback to the CPU provider is taken (``allow_cpu_fallback=True``).
 
 from __future__ import annotations
 
+import os
+import sys
+import warnings
+from pathlib import Path
+
 __all__ = [
     "ConfigError",
     "CopyWarning",
@@ -113,3 +118,12 @@ class CopyWarning(OrtbindWarning):
 
 class ProviderFallbackWarning(OrtbindWarning):
     """The session fell back to the CPU provider because the caller opted in to that."""
+
+
+def _warn(message: str, category: type[OrtbindWarning]) -> None:
+    """Warn, naming the first line outside ortbind (the caller's), however deep in ortbind this runs."""
+    package = str(Path(__file__).parent) + os.sep
+    frame, level = sys._getframe(1), 2
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(package):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)

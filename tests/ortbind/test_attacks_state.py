@@ -266,3 +266,35 @@ def test_an_empty_bound_input_grown_in_place_is_refused() -> None:
     )
     with raises(ortbind.InputError, message, kind="input", name="x"):
         bound.run()
+
+
+def test_a_bound_tensor_retyped_in_place_is_refused() -> None:
+    """Same address, storage and shape, another dtype: ORT would read the new bytes as the old type."""
+    sess = ortbind.TorchSession(NEG_2D)
+    x = torch.arange(6.0).reshape(2, 3)
+    bound = sess.bind({"x": x})
+    x.data = x.view(torch.int32)
+    message = (
+        "input 'x': the tensor bound for it changed dtype in place since bind() (from torch.float32 to "
+        "torch.int32: .data= or set_), so ORT would read its bytes as torch.float32; write new values with "
+        "copy_(), or rebind()"
+    )
+    with raises(ortbind.InputError, message, kind="input", name="x"):
+        bound.run()
+
+
+@pytest.mark.parametrize("role", ["input", "out"])
+def test_a_square_bound_tensor_transposed_in_place_is_refused(role: str) -> None:
+    """Same address and shape, other strides: ORT reads memory row-major, as bound."""
+    sess = ortbind.TorchSession(TRANSPOSE)
+    x, y = torch.randn(6, 6), torch.empty(6, 6)
+    bound = sess.bind({"x": x}, out={"y": y})
+    (x if role == "input" else y).t_()
+    kind, name = ("input", "x") if role == "input" else ("out", "y")
+    message = (
+        f"{kind} {name!r}: the tensor bound for it is no longer contiguous (strides (1, 6) since bind(): t_(), "
+        f"as_strided_ or .data=), so ORT would read its memory in the bound row-major order; write new values "
+        f"with copy_(), or rebind()"
+    )
+    with raises(ortbind.InputError if role == "input" else ortbind.OutputError, message, kind=kind, name=name):
+        bound.run()

@@ -1,0 +1,131 @@
+"""The shape-inference worker (rule c) under a hostile process: finalizers, forks, interrupts, stray files.
+
+One worker process serves every session of this process. Each case once hung the caller, fed later
+requests the answers to earlier ones, or ran a file from the working directory.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from onnx import TensorProto, helper
+
+import ortbind
+from ortbind import Rule
+from ortbind._inference import _WORKER, _Worker
+
+
+def _doubled() -> bytes:
+    """y = x stacked twice, its shape not declared: only shape inference (rule c) tells it ahead."""
+    graph = helper.make_graph(
+        [helper.make_node("Concat", ["x", "x"], ["y"], axis=0)],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
+
+
+DOUBLED = _doubled()
+
+
+@pytest.fixture
+def fresh_worker() -> Iterator[None]:
+    """A worker started by the test (in its environment), and none left behind for later tests."""
+    _WORKER.close()
+    yield
+    _WORKER.close()
+
+
+def _inferred(sess: ortbind.TorchSession, rows: int) -> tuple[Rule, tuple[int, ...] | None]:
+    plan = sess.resolve_shapes({"x": (rows, 3)})["y"]
+    return plan.rule, plan.shape
+
+
+def test_a_drop_never_waits_for_the_worker() -> None:
+    """A session's finalizer may run (cyclic GC) while this very thread holds the worker's lock."""
+    done = threading.Event()
+
+    def collect_inside_a_request() -> None:
+        with _WORKER._lock:
+            _WORKER.drop(10**9)  # what weakref.finalize calls for a session gone
+        done.set()
+
+    thread = threading.Thread(target=collect_inside_a_request, daemon=True)
+    thread.start()
+    assert done.wait(10), "drop() blocked on the lock its own thread holds"
+    sess = ortbind.TorchSession(DOUBLED)
+    assert _inferred(sess, 4) == (Rule.INFERRED, (8, 3))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_infers_even_if_the_parent_held_the_lock() -> None:
+    sess = ortbind.TorchSession(DOUBLED)
+    assert _inferred(sess, 2) == (Rule.INFERRED, (4, 3))
+    with _WORKER._lock:  # another thread of the parent is mid-request when the process forks
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # fork() with threads running
+            pid = os.fork()
+        if pid == 0:
+            signal.alarm(30)
+            ok = _inferred(sess, 5) == (Rule.INFERRED, (10, 3))
+            os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert _inferred(sess, 3) == (Rule.INFERRED, (6, 3))
+
+
+def test_an_interrupted_request_does_not_shift_later_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    sess = ortbind.TorchSession(DOUBLED)
+    assert _inferred(sess, 2) == (Rule.INFERRED, (4, 3))
+    read = _Worker._read
+
+    def interrupted(self: _Worker, process: object, count: int) -> bytes:
+        monkeypatch.setattr(_Worker, "_read", read)
+        raise KeyboardInterrupt  # Ctrl-C after the request was sent, before its answer was read
+
+    monkeypatch.setattr(_Worker, "_read", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _inferred(sess, 3)
+    for rows in (4, 5, 6):
+        assert _inferred(sess, rows) == (Rule.INFERRED, (2 * rows, 3))
+    expected = torch.cat([torch.ones(7, 3)] * 2)
+    out = torch.empty(14, 3)
+    assert torch.equal(sess.run({"x": torch.ones(7, 3)}, out={"y": out})["y"], expected)
+
+
+def test_the_worker_runs_no_file_of_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_worker: None
+) -> None:
+    marker = tmp_path / "ran"
+    for module in ("onnx", "pickle", "struct"):
+        (tmp_path / f"{module}.py").write_text(f"open({str(marker)!r}, 'w').close()\nraise SystemExit(3)\n")
+    monkeypatch.chdir(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ortbind.OrtbindWarning)  # the worker must not die
+        sess = ortbind.TorchSession(DOUBLED)
+        assert _inferred(sess, 4) == (Rule.INFERRED, (8, 3))
+    assert not marker.exists()
+
+
+def test_a_worker_whose_stdout_carries_other_output_is_given_up_with_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_worker: None
+) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text("print('hello from the environment')\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site), *sys.path]))
+    sess = ortbind.TorchSession(DOUBLED)
+    with pytest.warns(ortbind.OrtbindWarning, match="something else writes to the worker's stdout") as caught:
+        plan = sess.resolve_shapes({"x": (4, 3)})["y"]
+    assert (plan.rule, plan.shape) == (Rule.ORT, None)
+    assert caught[0].filename == __file__  # the warning names the caller's line, not ortbind's
+    assert torch.equal(sess(x=torch.ones(4, 3))["y"], torch.ones(8, 3))
