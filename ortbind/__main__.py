@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import warnings
 from collections.abc import Sequence
 
 from ._inference import ShapeInferencer
@@ -163,15 +165,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message: Warning | str, category: type[Warning], *_: object, **__: object) -> None:
+    print(f"ortbind: warning: {_printable(str(message))}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ortbind`` console script and ``python -m ortbind``."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    for stream in (sys.stdout, sys.stderr):  # a name the terminal cannot encode is printed escaped
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="backslashreplace")
     try:
-        return int(args.handler(args))
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning  # one line, not ortbind's source
+            code = int(args.handler(args))
+        sys.stdout.flush()
+        return code
     except OrtbindError as exc:
         print(f"ortbind: error: {_printable(str(exc))}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `ortbind inspect ... | head`: the reader is gone, which is fine
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 1
+    except OSError as exc:  # stdout full or closed
+        print(f"ortbind: error: cannot write the output: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

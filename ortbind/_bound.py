@@ -452,12 +452,8 @@ class BoundCall(Uncopyable):
         self._state = self._state_for(feeds, state.signature, plan, again)
 
     def _as_bound(self, state: BoundState) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
-        """The bound tensors and the caller's feeds, an input :meth:`resize` bound as a view of that shape.
-
-        Where the state is made anew (a rebind that re-plans, outputs re-bound after a run), the
-        view makes the new shape the tensor's own: the plan, the held records and :attr:`inputs`
-        all follow what is bound.
-        """
+        """The bound tensors and the caller's feeds, an input :meth:`resize` bound as a view of that shape
+        (for a state made anew: the plan, held records and :attr:`inputs` then follow what is bound)."""
         tensors, feeds = list(state.prepared.tensors), dict(state.feeds)
         for index, shape in state.resized.items():
             name = self._engine.inputs.names[index]
@@ -483,12 +479,13 @@ def _resized_shape(name: str, dims: object) -> torch.Size:
 
 
 def _fits_storage(name: str, tensor: torch.Tensor, shape: Sequence[int]) -> int:
-    """The end address of ``shape`` from ``tensor``'s address; a ShapeError if its storage ends sooner."""
+    """The end of ``shape`` from ``tensor``'s place in its storage (base + offset: an empty tensor's
+    ``data_ptr()`` is null); a ShapeError if the storage ends sooner."""
     count = tensor.element_size()
     for size in shape:
         count *= size
-    address = tensor.data_ptr()
     storage = tensor.untyped_storage()
+    address = storage.data_ptr() + int(tensor.storage_offset()) * tensor.element_size()
     room = storage.data_ptr() + storage.nbytes() - address
     if count > room:
         raise ShapeError(

@@ -115,10 +115,16 @@ def load_model(source: ModelSource) -> LoadedModel:
             proto = onnx.load_model_from_string(data)
         except Exception as exc:  # protobuf raises DecodeError and friends
             raise ModelError(f"model bytes: not a serialized ONNX model ({exc})", kind="model") from exc
+        if not proto.HasField("graph"):
+            raise ModelError("model bytes: not a serialized ONNX model (it has no graph)", kind="model")
         return LoadedModel(proto, data, None)
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
-        if not path.is_file():
+        try:
+            found = path.is_file()
+        except OSError as exc:  # a name too long for the file system, say
+            raise ModelError(f"model file {str(path)!r}: cannot be read ({exc})", kind="model", name=str(path)) from exc
+        if not found:
             raise ModelError(
                 f"model file {str(path)!r} does not exist; pass the path of a .onnx file", kind="model", name=str(path)
             )
@@ -128,6 +134,10 @@ def load_model(source: ModelSource) -> LoadedModel:
             raise ModelError(
                 f"model file {str(path)!r}: not an ONNX model ({exc})", kind="model", name=str(path)
             ) from exc
+        if not proto.HasField("graph"):  # an empty file parses as an empty ModelProto
+            raise ModelError(
+                f"model file {str(path)!r}: not an ONNX model (it has no graph)", kind="model", name=str(path)
+            )
         return LoadedModel(proto, str(path), path)
     raise ModelError(f"model: expected a path, bytes or onnx.ModelProto, got {type(source).__name__}", kind="model")
 
@@ -160,6 +170,9 @@ def _dim(dim: onnx.TensorShapeProto.Dimension) -> Dim:
 def _tensor_spec(value: onnx.ValueInfoProto) -> TensorSpec:
     tp = value.type
     type_str = _type_str(tp)
+    if tp.WhichOneof("value") is None:
+        why = "the model does not declare its type (ortbind binds by declared type); declare it in the graph"
+        return TensorSpec(value.name, 0, None, None, type_str, why)
     if tp.WhichOneof("value") != "tensor_type":
         return TensorSpec(value.name, 0, None, None, type_str, f"it is a {type_str}; ortbind binds dense tensors only")
     tensor = tp.tensor_type

@@ -279,6 +279,14 @@ class ShapeProgram:
                     name=name,
                 )
             compiled.append(expr)
+        declared = self.output_dims[self.output_names.index(name)]
+        if declared is not None and len(declared) != len(compiled):
+            raise ShapeError(
+                f"{where}: {len(compiled)} dims, but the model declares rank {len(declared)} {format_dims(declared)}, "
+                f"and ONNX Runtime refuses a buffer of another rank; leave {name!r} out of output_shapes",
+                kind="output",
+                name=name,
+            )
         return tuple(compiled)
 
     # -- inputs

@@ -707,3 +707,42 @@ def test_a_per_call_synchronize_is_honoured_both_ways() -> None:
         name="synchronize",
     ):
         RunPolicy(synchronize=True, cuda_graph=False, can_defer=False).choose(None, False)
+
+
+# --------------------------------------------------------------------------- models and arguments, once more
+
+
+def test_an_output_without_a_declared_type_is_refused_saying_so() -> None:
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+        [onnx.ValueInfoProto(name="y")],  # ORT infers its type; the model does not say it
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    sess = ortbind.TorchSession(model.SerializeToString())
+    message = (
+        "output 'y': the model does not declare its type (ortbind binds by declared type); declare it in the graph; "
+        "request the other outputs with run(feeds, output_names=[...])"
+    )
+    with raises(ortbind.ModelError, message, kind="output", name="y"):
+        sess(x=torch.ones(2, 3))
+
+
+def test_constructor_output_shapes_of_another_rank_are_refused_up_front() -> None:
+    """ORT would refuse the buffer on every run, after running the whole graph."""
+    model = parse(f"{OPSET} g (float[N, 3] x) => (float[N, 3] y) {{ y = Relu(x) }}")
+    message = (
+        "output_shapes['y']: 1 dims, but the model declares rank 2 ['N', 3], and ONNX Runtime refuses a buffer "
+        "of another rank; leave 'y' out of output_shapes"
+    )
+    with raises(ortbind.ShapeError, message, kind="output", name="y"):
+        ortbind.TorchSession(model, output_shapes={"y": ["N*3"]})
+
+
+def test_a_model_path_the_file_system_cannot_take_is_a_model_error(tmp_path: Any) -> None:
+    path = str(tmp_path / ("d" * 300 + ".onnx"))  # longer than a file name may be
+    with pytest.raises(ortbind.ModelError) as info:
+        ortbind.TorchSession(path)
+    assert (info.value.kind, info.value.name) == ("model", path)
+    assert str(info.value).startswith(f"model file {path!r}: cannot be read ([Errno 36] File name too long")

@@ -29,6 +29,7 @@ OPSET = '<ir_version: 8, opset_import: ["" : 17]>'
 NEG_RELU = parse(f"{OPSET} g (float[N] x) => (float[N] y, float[N] z) {{ y = Neg(x)\n z = Relu(x) }}")
 ADD = parse(f"{OPSET} g (float[N] a, float[N] b) => (float[N] y) {{ y = Add(a, b) }}")
 TRANSPOSE = parse(f"{OPSET} g (float[6, 6] x) => (float[6, 6] y) {{ y = Transpose(x) }}")
+NEG_4 = parse(f"{OPSET} g (float[N, 4] x) => (float[N, 4] y) {{ y = Neg(x) }}")
 NEG_2D = parse(f"{OPSET} g (float[B, 3] x) => (float[B, 3] y) {{ y = Neg(x) }}")
 
 
@@ -298,3 +299,19 @@ def test_a_square_bound_tensor_transposed_in_place_is_refused(role: str) -> None
     )
     with raises(ortbind.InputError if role == "input" else ortbind.OutputError, message, kind=kind, name=name):
         bound.run()
+
+
+def test_resize_from_an_empty_binding_is_checked_against_the_storage() -> None:
+    """An empty tensor's data_ptr() is null: the room is counted from its place in the storage."""
+    sess = ortbind.TorchSession(NEG_4)
+    bound = sess.bind({"x": torch.randn(4, 4)})  # a 64-byte storage
+    bound.resize(x=(0, 4))
+    assert bound.run()["y"].shape == (0, 4)
+    message = (
+        "resize 'x': shape (6, 4) needs 96 bytes from where the input is bound, but its storage holds 64 from "
+        "there; bind a tensor of a larger buffer first"
+    )
+    with raises(ortbind.ShapeError, message, kind="input", name="x"):
+        bound.resize(x=(6, 4))
+    bound.resize(x=(3, 4))
+    assert torch.equal(bound.run()["y"], -bound.inputs["x"])

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import warnings
 from pathlib import Path
 
 import onnx
 import onnx.parser
 import pytest
 
+import ortbind
 from ortbind.__main__ import main
 
 from ..reference import run_python
@@ -190,3 +195,74 @@ def test_names_from_the_model_cannot_drive_the_terminal(tmp_path: Path, capsys: 
     assert main(["inspect", str(path), "--shape", "q=1"]) == 2
     err = capsys.readouterr().err
     assert "\x1b" not in err and "\\x1b" in err
+
+
+@pytest.mark.parametrize("content", [b"", b"\x08\x07"], ids=["empty", "no graph"])
+def test_a_file_without_a_graph_is_not_a_model(
+    tmp_path: Path, content: bytes, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Both parse as an ONNX ModelProto, with no graph: what TorchSession refuses, the CLI refuses too."""
+    path = tmp_path / "model.onnx"
+    path.write_bytes(content)
+    assert main(["inspect", str(path)]) == 2
+    assert capsys.readouterr().err == f"ortbind: error: model file {str(path)!r}: not an ONNX model (it has no graph)\n"
+
+
+def _many_outputs(tmp_path: Path, name: str = "x") -> str:
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Relu", [name], [f"y{i}"]) for i in range(2000)],
+        "g",
+        [onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, ["N"])],
+        [onnx.helper.make_tensor_value_info(f"y{i}", onnx.TensorProto.FLOAT, ["N"]) for i in range(2000)],
+    )
+    path = tmp_path / "many.onnx"
+    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]), str(path))
+    return str(path)
+
+
+def test_output_into_a_closed_pipe_or_a_full_device(tmp_path: Path) -> None:
+    """``ortbind inspect ... | head -1``, and ``> /dev/full``: a line of error at most, never a traceback."""
+    path = _many_outputs(tmp_path)
+    command = [sys.executable, "-m", "ortbind", "inspect", path]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env) as process:
+        assert process.stdout is not None and process.stderr is not None
+        assert process.stdout.readline().startswith(b"model: ")
+        process.stdout.close()  # the reader is gone
+        err = process.stderr.read()
+        assert process.wait(timeout=120) == 1
+    assert err == b""
+    if Path("/dev/full").exists():
+        with open("/dev/full", "wb") as full:
+            done = subprocess.run(command, stdout=full, stderr=subprocess.PIPE, env=env, timeout=120, check=False)
+        assert done.returncode == 1
+        assert done.stderr == b"ortbind: error: cannot write the output: [Errno 28] No space left on device\n"
+
+
+def test_a_name_the_terminal_cannot_encode_is_escaped(tmp_path: Path) -> None:
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Relu", ["\u00fcn\u00ef"], ["y"])],
+        "g",
+        [onnx.helper.make_tensor_value_info("\u00fcn\u00ef", onnx.TensorProto.FLOAT, ["N"])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N"])],
+    )
+    path = tmp_path / "names.onnx"
+    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]), str(path))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2]), "PYTHONIOENCODING": "ascii"}
+    done = subprocess.run(
+        [sys.executable, "-m", "ortbind", "inspect", str(path)], capture_output=True, env=env, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert b"  \\xfcn\\xef   FLOAT" in done.stdout
+
+
+def test_warnings_are_one_line_of_their_own(model_path: str, capsys: pytest.CaptureFixture[str]) -> None:
+    def warn(args: object) -> int:
+        warnings.warn("something to say", ortbind.OrtbindWarning, stacklevel=1)
+        return 0
+
+    with pytest.MonkeyPatch.context() as patch, warnings.catch_warnings():
+        warnings.simplefilter("always")  # as outside the test suite, which makes warnings errors
+        patch.setattr("ortbind.__main__._inspect", warn)
+        assert main(["inspect", model_path]) == 0
+    assert capsys.readouterr().err == "ortbind: warning: something to say\n"
