@@ -144,6 +144,11 @@ def load(
         )
     loaded = load_model(model)
     where = f"model {str(loaded.path)!r}" if loaded.path else "model from memory"
+    if not loaded.path and any(t.data_location == onnx.TensorProto.EXTERNAL for t in loaded.proto.graph.initializer):
+        where += (
+            " (its weights are in external data files, which ONNX Runtime looks for next to a model path; "
+            "pass the path of the .onnx file)"
+        )
     plan = plan_providers(device, providers, provider_options)
     if plan.device.type == "cuda" and not uses_gpu(plan.providers):
         # Binding CUDA memory to a session without a CUDA provider can crash the process.

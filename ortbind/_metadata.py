@@ -131,6 +131,15 @@ def load_model(source: ModelSource) -> LoadedModel:
         try:
             proto = onnx.load(str(path), load_external_data=False)
         except Exception as exc:
+            with open(path, "rb") as file:
+                if file.read(8)[4:] == b"ORTM":  # ORT's flatbuffer format
+                    raise ModelError(
+                        f"model file {str(path)!r}: an ONNX Runtime format (.ort) model, which ortbind cannot read "
+                        f"(it reads the interface from ONNX); pass the .onnx file it was made from, or wrap a session "
+                        f"built from the .ort file with TorchSession.from_session(session, model='model.onnx')",
+                        kind="model",
+                        name=str(path),
+                    ) from exc
             raise ModelError(
                 f"model file {str(path)!r}: not an ONNX model ({exc})", kind="model", name=str(path)
             ) from exc

@@ -746,3 +746,40 @@ def test_a_model_path_the_file_system_cannot_take_is_a_model_error(tmp_path: Any
         ortbind.TorchSession(path)
     assert (info.value.kind, info.value.name) == ("model", path)
     assert str(info.value).startswith(f"model file {path!r}: cannot be read ([Errno 36] File name too long")
+
+
+def test_an_ort_format_model_is_named_as_such(tmp_path: Any) -> None:
+    model = parse(f"{OPSET} g (float[N, 3] x) => (float[N, 3] y) {{ y = Relu(x) }}")
+    path = str(tmp_path / "model.ort")
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = path
+    options.add_session_config_entry("session.save_model_format", "ORT")
+    ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])  # writes the .ort file
+    message = (
+        f"model file {path!r}: an ONNX Runtime format (.ort) model, which ortbind cannot read (it reads the "
+        f"interface from ONNX); pass the .onnx file it was made from, or wrap a session built from the .ort file "
+        f"with TorchSession.from_session(session, model='model.onnx')"
+    )
+    with raises(ortbind.ModelError, message, kind="model", name=path):
+        ortbind.TorchSession(path)
+
+
+def test_a_model_from_memory_whose_weights_are_external_says_to_pass_its_path(tmp_path: Any) -> None:
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "w"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])],
+        initializer=[onnx.numpy_helper.from_array(np.arange(4, dtype=np.float32), "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    path = tmp_path / "model.onnx"
+    onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, size_threshold=0)
+    with pytest.raises(ortbind.ModelError) as info:
+        ortbind.TorchSession(path.read_bytes())
+    assert str(info.value).startswith(
+        "model from memory (its weights are in external data files, which ONNX Runtime looks for next to a model "
+        "path; pass the path of the .onnx file): ONNX Runtime could not load it: "
+    )
+    sess = ortbind.TorchSession(str(path))  # as the message says
+    assert torch.equal(sess(x=torch.ones(4))["y"], torch.arange(1.0, 5.0))
