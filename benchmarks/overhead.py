@@ -182,10 +182,10 @@ def _checked_floors(
     passes the fast checks (plain tensor, dtype, device, contiguous, no lazy negation, non-null
     aligned address inside its storage) and is re-bound only if its address or shape changed; the
     output shapes come from a dict keyed by the input signature; each output is a fresh tensor
-    bound by pointer. ``checked``: a bound call's run: its lock, every bound tensor still at its
-    address in its unshrunk storage (three reads each), the outputs' autograd versions bumped, a
-    new result dict. The gap from these to ortbind is what its structure costs; the gap from the
-    plain floors to these is what the checks cost.
+    bound by pointer. ``checked``: a bound call's run: its lock, every bound tensor still as bound
+    (its address, its storage's base and size, its shape, dtype and contiguity: six reads), the
+    outputs' autograd versions bumped, a new result dict. The gap from these to ortbind is what its
+    structure costs; the gap from the plain floors to these is what the checks cost.
     """
     names = list(feeds)
     binding = ort_c.SessionIOBinding(c_sess)
@@ -230,7 +230,9 @@ def _checked_floors(
     for t in [*feeds.values(), *results.values()]:
         storage = t.untyped_storage()
         start = torch.Tensor.data_ptr(t)
-        held.append((t.data_ptr, storage.data_ptr, storage.nbytes, start, storage.data_ptr(), start + t.nbytes))
+        base = storage.data_ptr()
+        reach = start + t.nbytes - base
+        held.append((t.data_ptr, storage.data_ptr, storage.nbytes, start, base, reach, t.shape, t.dtype, t))
     written = tuple(results.values())
     lock = threading.Lock()
     increment_version = torch._C._increment_version
@@ -239,8 +241,15 @@ def _checked_floors(
         if not lock.acquire(False):
             raise RuntimeError("busy")
         try:
-            for tensor_address, storage_address, storage_size, address, base, end in held:
-                if tensor_address() != address or storage_address() != base or storage_size() < end - base:
+            for data_ptr, storage_ptr, storage_size, address, base, reach, shape, dtype, tensor in held:
+                if (
+                    data_ptr() != address
+                    or storage_ptr() != base
+                    or storage_size() < reach
+                    or tensor.shape != shape
+                    or tensor.dtype is not dtype
+                    or not tensor.is_contiguous()
+                ):
                     raise ValueError("moved")
             c_sess.run_with_iobinding(bound, run_options)
             increment_version(written)
