@@ -24,6 +24,7 @@ __all__ = [
     "CUDA_ALIGNMENT",
     "Binding",
     "CudaStreamOrder",
+    "Span",
     "check_input",
     "check_no_overlap",
     "check_out_buffer",
@@ -34,6 +35,7 @@ __all__ = [
     "overlaps",
     "plain",
     "short_storage",
+    "spans",
 ]
 
 
@@ -284,17 +286,19 @@ def _span(tensor: torch.Tensor) -> tuple[int, int]:
     return start, start + tensor.numel() * tensor.element_size()
 
 
-def overlaps(tensor: torch.Tensor, others: Iterable[torch.Tensor], end: int | None = None) -> bool:
-    """Whether ``tensor``'s memory (up to address ``end``, if given) overlaps any of ``others`` on its device."""
-    lo, hi = _span(tensor)
-    if end is not None:
-        hi = end
-    if hi <= lo:
-        return False
-    device = tensor.device
-    for other in others:
-        olo, ohi = _span(other)
-        if lo < ohi and olo < hi and other.device == device:
+Span = tuple[int, int, torch.device]
+"""Where a tensor's memory lies: ``(start, end, device)``."""
+
+
+def spans(tensors: Iterable[torch.Tensor]) -> tuple[Span, ...]:
+    """The spans of the non-empty ``tensors`` (for :func:`overlaps`, made once for many checks)."""
+    return tuple((*_span(t), t.device) for t in tensors if t.numel())
+
+
+def overlaps(tensor: torch.Tensor, start: int, end: int, others: Sequence[Span]) -> bool:
+    """Whether memory ``[start, end)`` of ``tensor``'s device overlaps any of the spans ``others``."""
+    for low, high, device in others:  # noqa: SIM110  (a loop: any() over a generator costs more here)
+        if start < high and low < end and device == tensor.device:
             return True
     return False
 

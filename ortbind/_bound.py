@@ -151,7 +151,9 @@ class BoundCall(Uncopyable):
             if reads is not None:
                 for index in shared.values():
                     del reads[index]  # a shared buffer's output must follow it: the general path
-        return BoundState(feeds, signature, plan, prepared, held, held_at, tuple(refresh), tuple(subclassed), reads)
+        state = BoundState(feeds, signature, plan, prepared, held, held_at, tuple(refresh), tuple(subclassed), reads)
+        state.written_at = _binding.spans(prepared.written) if reads is not None else ()
+        return state
 
     def _check_graph(self, slots: Sequence[Slot], plan: Plan) -> None:
         engine = self._engine
@@ -260,7 +262,7 @@ class BoundCall(Uncopyable):
             address = tensor.data_ptr()
             if end == address:
                 return False  # empty: the general path binds it as ORT takes empty tensors
-            if _binding.overlaps(tensor, state.prepared.written, end):
+            if _binding.overlaps(tensor, address, end, state.written_at):
                 return False  # grown into an output's memory: the general path says why not
             signature[index] = shape
             changes.append((index, shape, address, _held.hold("input", name, tensor, end)))
@@ -348,11 +350,11 @@ class BoundCall(Uncopyable):
         if state.reads is None:
             return False
         signature = list(state.signature)
-        written = state.prepared.written
         for index, value, tensor, shape in zip(indices, values, tensors, shapes):
             if tensor is not value or not self._keeps_outputs(state, index, shape, signature[index]):
                 return False
-            if _binding.overlaps(tensor, written):
+            start = tensor.data_ptr()
+            if _binding.overlaps(tensor, start, start + tensor.nbytes, state.written_at):
                 return False  # an output's memory: the general path allocates another or says why not
             signature[index] = shape
         inputs = self._engine.inputs

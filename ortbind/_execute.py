@@ -178,9 +178,11 @@ class Executor:
                 if buffer is None and shape is not None:
                     kept = keep.get(name) if keep else None
                     # Not where an input now is (a loop feeding an output back): ORT would read what it writes.
-                    if kept is not None and kept.shape == shape and not _binding.overlaps(kept, tensors):
-                        buffer = kept
-                    else:
+                    if kept is not None and kept.shape == shape:
+                        start = kept.data_ptr()
+                        if not _binding.overlaps(kept, start, start + kept.nbytes, _binding.spans(tensors)):
+                            buffer = kept
+                    if buffer is None:
                         buffer = self.allocate[slot[INDEX]](*slot[SIZES])
                 if buffer is not None and buffer.numel() and (shape is not None or not slot[PREDICTED]):
                     if keep is None:

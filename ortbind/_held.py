@@ -26,16 +26,17 @@ Held = tuple[
     int,
     torch.Size,
     torch.dtype,
+    Callable[[], bool],
     torch.Tensor,
     torch.UntypedStorage,
     str,
     str,
 ]
 """What a bound call keeps of each tensor it bound, checked before every run: ``(tensor's data_ptr,
-storage's data_ptr, storage's nbytes, address, storage base, reach, shape, dtype, tensor, storage,
-kind, name)``.
+storage's data_ptr, storage's nbytes, address, storage base, reach, shape, dtype, tensor's
+is_contiguous, tensor, storage, kind, name)``.
 
-The first three are torch's own C methods bound to the tensor and its storage (a Python override
+The first three and ``is_contiguous`` are torch's own C methods bound to the tensor and its storage (a Python override
 or an attribute set on the instance cannot answer for them, and a bound method saves a lookup on
 every run); ``reach`` is how many bytes from the storage's base the binding uses; ``shape`` and
 ``dtype`` are the tensor's when it was bound (it was contiguous then). See :func:`hold` and :func:`moved`.
@@ -44,6 +45,7 @@ every run); ``reach`` is how many bytes from the storage's base the binding uses
 _TENSOR_DATA_PTR = torch._C.TensorBase.data_ptr
 _STORAGE_DATA_PTR = torch._C.StorageBase.data_ptr  # type: ignore[attr-defined]
 _STORAGE_NBYTES = torch._C.StorageBase.nbytes  # type: ignore[attr-defined]
+_IS_CONTIGUOUS = torch._C.TensorBase.is_contiguous
 
 
 def hold(kind: str, name: str, tensor: torch.Tensor, end: int | None = None) -> Held:
@@ -67,6 +69,7 @@ def hold(kind: str, name: str, tensor: torch.Tensor, end: int | None = None) -> 
         reach,
         tensor.shape,
         tensor.dtype,
+        _IS_CONTIGUOUS.__get__(tensor),
         tensor,
         storage,
         kind,
@@ -81,14 +84,16 @@ def check_held(held: Sequence[Held]) -> None:
     written out (a call per tensor would cost about 5% of a tiny run); :func:`moved` explains.
     """
     for record in held:
-        data_ptr, storage_ptr, storage_size, address, base, reach, shape, dtype, tensor, _, kind, name = record
+        data_ptr, storage_ptr, storage_size, address, base, reach, shape, dtype, contiguous, tensor, _, kind, name = (
+            record
+        )
         if (
             data_ptr() != address
             or storage_ptr() != base
             or storage_size() < reach
             or tensor.shape != shape
             or tensor.dtype is not dtype
-            or not tensor.is_contiguous()
+            or not contiguous()
         ):
             raise (InputError if kind == "input" else OutputError)(
                 f"{kind} {name!r}: {moved(record)}; write new values with copy_(), or rebind()",
@@ -103,7 +108,7 @@ def moved(held: Held) -> str | None:
     Cheap enough for every run of a bound call: three pointer-sized reads, the shape, the dtype and
     contiguity per tensor (a contiguous tensor of the same shape and address has the same layout).
     """
-    tensor_address, storage_address, storage_size, address, base, reach, shape, dtype, tensor, _, _, _ = held
+    tensor_address, storage_address, storage_size, address, base, reach, shape, dtype, _, tensor, _, _, _ = held
     # A storage shrunk below the binding first: it moves the tensor too, and is the better explanation.
     shrunk = storage_size() < reach
     if not shrunk and tensor_address() != address:

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from ._binding import Binding
+from ._binding import Binding, Span
 from ._held import Held
 from ._plan import Plan, Slot
 from .errors import ConfigError
@@ -83,6 +83,8 @@ class BoundState:
             those axes alone keeps the plan and the outputs. ``None``: every rebind re-plans.
         held_at: Input index -> its record's position in ``held``.
         resized: Input index -> the shape :meth:`BoundCall.resize` bound it with.
+        written_at: Where the outputs ORT writes lie (:func:`~._binding.spans`), for the steps that
+            keep them (``reads`` not ``None``): an input must not be re-bound over them.
     """
 
     __slots__ = (
@@ -96,6 +98,7 @@ class BoundState:
         "resized",
         "signature",
         "subclassed",
+        "written_at",
     )
 
     def __init__(
@@ -120,6 +123,7 @@ class BoundState:
         self.subclassed = subclassed
         self.reads = reads
         self.resized: dict[int, torch.Size] = {}
+        self.written_at: tuple[Span, ...] = ()
 
 
 class Uncopyable:
