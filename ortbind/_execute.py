@@ -350,10 +350,13 @@ class Executor:
                 produced = self._run_prepared(prepared, options, asynchronous, transient)
             except OutputRefusedError as refusal:
                 loosen = [s for s in prepared.slots if s[SHAPE] is not None and s[PREDICTED]]
-                if first is not None or not loosen or not retry:
+                # A shape the caller fixed (output_shapes=, an out= buffer for it): a rerun cannot help.
+                given = any(s[NAME] == refusal.refused and not s[PREDICTED] for s in prepared.slots)
+                if first is not None or not loosen or not retry or given:
                     shared_index = (prepared.shared or {}).get(refusal.refused or "")
                     shared_with = None if shared_index is None else self.inputs.specs[shared_index].name
-                    raise unretried(refusal, first, shared_with) from refusal.__cause__
+                    given_in = "out" if prepared.buffers and refusal.refused in prepared.buffers else "output_shapes"
+                    raise unretried(refusal, first, shared_with, given_in if given else None) from refusal.__cause__
                 first = refusal
                 _log.debug("ORT refused a predicted output buffer (%s); rerunning with ORT allocating it", refusal.text)
                 self._reprepare(prepared, [loosened(s) if s in loosen else s for s in prepared.slots])

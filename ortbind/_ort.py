@@ -18,7 +18,7 @@ import re
 from types import TracebackType
 from typing import Final
 
-from .errors import ConfigError, ModelError, OrtbindError, RunError
+from .errors import ConfigError, ModelError, OrtbindError, RunError, ShapeError
 
 __all__ = [
     "NOT_REFUSALS",
@@ -147,15 +147,26 @@ class BindRefusedError(RunError):
         return RunError(f"{kind} {name!r}: ONNX Runtime refused to bind it: {self.text}", kind=kind, name=name)
 
 
-def unretried(refusal: OutputRefusedError, first: OutputRefusedError | None, shared_with: str | None) -> RunError:
+def unretried(
+    refusal: OutputRefusedError, first: OutputRefusedError | None, shared_with: str | None, given: str | None = None
+) -> OrtbindError:
     """The error for a refused output buffer that is not rerun.
 
     Args:
         refusal: ORT's refusal.
         first: The refusal of the first attempt, when this was the rerun.
         shared_with: The input the refused output is shared with (``share=``), if it is.
+        given: Where the caller fixed the refused output's shape (``"out"``, ``"output_shapes"``), if it did.
     """
     name = refusal.refused
+    if name is not None and given is not None and shared_with is None:
+        where = f"out {name!r}" if given == "out" else f"output_shapes[{name!r}]"
+        return ShapeError(
+            f"{where}: ONNX Runtime refused a buffer of the shape given ({refusal.text}); give the shape the model "
+            f"produces, or leave {name!r} out of {given}= so that ORT allocates it",
+            kind="out" if given == "out" else "output",
+            name=name,
+        )
     if name is not None and shared_with is not None:
         return RunError(
             f"output {name!r}: shared with input {shared_with!r}, but ONNX Runtime computed another shape for it "

@@ -210,8 +210,14 @@ def test_output_shape_overrides_at_construction_and_per_call() -> None:
     assert torch.equal(sess(x=x)["y"], torch.cat([x, x]))
     plain = ortbind.TorchSession(model)
     assert torch.equal(plain.run({"x": x}, output_shapes={"y": (10,)})["y"], torch.cat([x, x]))
-    with pytest.raises(ortbind.RunError, match="computed output shape for this run is \\{10\\}"):
+    # The caller's shape, refused: said at once (no rerun can help), naming output_shapes and the fix.
+    with pytest.raises(ortbind.ShapeError, match="computed output shape for this run is \\{10\\}") as info:
         plain.run({"x": x}, output_shapes={"y": (9,)})
+    assert (info.value.kind, info.value.name) == ("output", "y")
+    assert str(info.value).startswith("output_shapes['y']: ONNX Runtime refused a buffer of the shape given (")
+    assert str(info.value).endswith(
+        "; give the shape the model produces, or leave 'y' out of output_shapes= so that ORT allocates it"
+    )
 
 
 def test_scalars_and_empty_tensors() -> None:
