@@ -218,6 +218,10 @@ def test_output_shape_overrides_at_construction_and_per_call() -> None:
     assert str(info.value).endswith(
         "; give the shape the model produces, or leave 'y' out of output_shapes= so that ORT allocates it"
     )
+    with pytest.raises(ortbind.ShapeError) as info:
+        plain.run({"x": x}, output_shapes={"y": (9,)}, out={"y": torch.empty(9)})
+    assert (info.value.kind, info.value.name) == ("out", "y")
+    assert str(info.value).startswith("out 'y': ONNX Runtime refused a buffer of the shape given (")
 
 
 def test_scalars_and_empty_tensors() -> None:
