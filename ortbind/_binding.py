@@ -30,6 +30,7 @@ __all__ = [
     "check_out_buffer",
     "check_tensor",
     "dlpack_supported",
+    "fits_storage",
     "from_capsule",
     "make_ort_device",
     "overlaps",
@@ -149,12 +150,17 @@ def check_tensor(
             kind=kind,
             name=name,
         )
-    if value.layout is not torch.strided:
-        raise error(
-            f"{where}: expected a dense (strided) tensor, got layout {value.layout}; convert it with .to_dense()",
-            kind=kind,
-            name=name,
-        )
+    cls = type(value)
+    if cls is torch.Tensor or cls.__torch_dispatch__ is torch.Tensor.__torch_dispatch__:
+        # From here on the plain alias: no Python override of the caller's class runs (it could
+        # re-point a tensor already checked and bound, between the check and the run).
+        value = plain(value)
+        if value.layout is not torch.strided:
+            raise error(
+                f"{where}: expected a dense (strided) tensor, got layout {value.layout}; convert it with .to_dense()",
+                kind=kind,
+                name=name,
+            )
     problem = _storage_problem(value)
     if problem is not None:
         raise error(
@@ -163,7 +169,6 @@ def check_tensor(
             kind=kind,
             name=name,
         )
-    value = plain(value)
     if value.dtype is not spec.dtype:
         raise DTypeError(
             f"{where}: expected dtype {spec.dtype} (ONNX {spec.elem_type_name}), got {value.dtype}; "
@@ -327,6 +332,26 @@ def check_no_overlap(
                     kind="out" if label == "out" else "output",
                     name=name,
                 )
+
+
+def fits_storage(name: str, tensor: torch.Tensor, shape: Sequence[int]) -> int:
+    """For ``BoundCall.resize``: the end of ``shape`` from ``tensor``'s place in its storage (base +
+    offset: an empty tensor's ``data_ptr()`` is null); a ShapeError naming input ``name`` if the
+    storage ends sooner."""
+    count = tensor.element_size()
+    for size in shape:
+        count *= size
+    storage = tensor.untyped_storage()
+    address = storage.data_ptr() + int(tensor.storage_offset()) * tensor.element_size()
+    room = storage.data_ptr() + storage.nbytes() - address
+    if count > room:
+        raise ShapeError(
+            f"resize {name!r}: shape {tuple(shape)} needs {count} bytes from where the input is bound, but its "
+            f"storage holds {room} from there; bind a tensor of a larger buffer first",
+            kind="input",
+            name=name,
+        )
+    return address + count
 
 
 def from_capsule(capsule: Any, shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:

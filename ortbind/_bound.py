@@ -127,15 +127,15 @@ class BoundCall(Uncopyable):
         held: list[Held] = []
         held_at: dict[int, int] = {}
         refresh: list[tuple[int, torch.Tensor, torch.Tensor]] = []
-        subclassed: list[tuple[str, torch.Tensor, int]] = []
+        subclassed: list[tuple[str, torch.Tensor, int, torch.Size, torch.dtype]] = []
         for index, (name, tensor) in enumerate(zip(names, prepared.tensors)):
             caller = feeds[name]
             if tensor is not caller:
                 given = _binding.plain(caller)
-                if given.data_ptr() != tensor.data_ptr():  # a copy (allow_copy): refreshed per run
-                    refresh.append((index, given, tensor))
+                if given.data_ptr() != tensor.data_ptr():  # a copy (allow_copy): refreshed per run, from the
+                    refresh.append((index, caller, tensor))  # caller's tensor as it is then (it may be re-pointed)
                     continue
-                subclassed.append((name, caller, tensor.data_ptr()))
+                subclassed.append((name, caller, tensor.data_ptr(), tensor.shape, tensor.dtype))
             if tensor.numel():
                 held_at[index] = len(held)
             # An empty one too: grown in place (resize_), it would move, and the run would not see it.
@@ -228,6 +228,15 @@ class BoundCall(Uncopyable):
             raise _busy("resize")
         try:
             state = self._state
+            for index, _, _ in state.refresh:
+                name = self._engine.inputs.names[index]
+                if name in shapes:
+                    raise InputError(
+                        f"resize {name!r}: it is bound as a copy of the caller's tensor (allow_copy), which a resize "
+                        f"would leave behind; rebind() it with a tensor of the new shape",
+                        kind="input",
+                        name=name,
+                    )
             if self.graph_id is None and self._resize_in_place(state, shapes):
                 return
             self._rebind({name: self._view(state, name, dims) for name, dims in shapes.items()})
@@ -239,7 +248,7 @@ class BoundCall(Uncopyable):
         index = self._engine.inputs.require(name)
         shape = _resized_shape(name, dims)
         tensor = state.prepared.tensors[index]
-        _fits_storage(name, tensor, shape)
+        _binding.fits_storage(name, tensor, shape)
         strides = [1] * len(shape)
         for axis in range(len(shape) - 2, -1, -1):
             strides[axis] = strides[axis + 1] * shape[axis + 1]
@@ -258,7 +267,7 @@ class BoundCall(Uncopyable):
             if not self._keeps_outputs(state, index, shape, signature[index]):
                 return False
             tensor = state.prepared.tensors[index]
-            end = _fits_storage(name, tensor, shape)
+            end = _binding.fits_storage(name, tensor, shape)
             address = tensor.data_ptr()
             if end == address:
                 return False  # empty: the general path binds it as ORT takes empty tensors
@@ -285,6 +294,9 @@ class BoundCall(Uncopyable):
         given, given_shapes = engine.inputs.accept(indices, values)
         if self.graph_id is None and self._step(state, changes, indices, values, given, given_shapes):
             return
+        # The state is made anew below from the tensors themselves: one that moved since bind() must
+        # be an error first, or its new address would be recorded while ORT keeps the old one.
+        _held.check_held([r for r in state.held if r[-2] != "input" or r[-1] not in changes])
         tensors, feeds = self._as_bound(state)
         shapes = list(state.signature)
         for index, tensor, shape in zip(indices, given, given_shapes):
@@ -478,22 +490,3 @@ def _resized_shape(name: str, dims: object) -> torch.Size:
             f"resize {name!r}: expected a sequence of ints in [0, 2**63), got {dims!r}", kind="input", name=name
         )
     return torch.Size(shape)
-
-
-def _fits_storage(name: str, tensor: torch.Tensor, shape: Sequence[int]) -> int:
-    """The end of ``shape`` from ``tensor``'s place in its storage (base + offset: an empty tensor's
-    ``data_ptr()`` is null); a ShapeError if the storage ends sooner."""
-    count = tensor.element_size()
-    for size in shape:
-        count *= size
-    storage = tensor.untyped_storage()
-    address = storage.data_ptr() + int(tensor.storage_offset()) * tensor.element_size()
-    room = storage.data_ptr() + storage.nbytes() - address
-    if count > room:
-        raise ShapeError(
-            f"resize {name!r}: shape {tuple(shape)} needs {count} bytes from where the input is bound, but its "
-            f"storage holds {room} from there; bind a tensor of a larger buffer first",
-            kind="input",
-            name=name,
-        )
-    return address + count

@@ -110,8 +110,11 @@ class Engine:
         executor = self.executor
         every = self.outputs.all
         indices = every if output_names is None else self.outputs.select(output_names)
+        if out is not None or output_shapes is not None or share is not None:
+            out, output_shapes, share = self.outputs.snapshot(out, output_shapes, share)
         binding = executor.take_binding(indices)
         try:
+            binding.busy = True  # in the try: an interrupt just before it cannot leave it busy for good
             tensors, signature = self.inputs.check(feeds, binding)
             plan = self.plans.get(signature)
             if indices is every and out is None and output_shapes is None and share is None:

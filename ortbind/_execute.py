@@ -101,7 +101,7 @@ class Executor:
     # ------------------------------------------------------------------ bindings
 
     def take_binding(self, outputs: tuple[int, ...]) -> Binding:
-        """This thread's binding, marked busy for one plain call (which clears it, or drops a binding it failed with).
+        """This thread's binding for one plain call, which marks it busy (and clears that, or drops it if it fails).
 
         Reused by its thread (making one costs about as much as the rest of a tiny call): every
         call re-binds each output it asks for and each input whose address or shape changed, and
@@ -112,11 +112,10 @@ class Executor:
         binding: Binding | None = getattr(local, "binding", None)
         if binding is None or binding.busy:
             fresh = Binding(self.session, len(self.inputs.specs))
-            fresh.outputs, fresh.busy = outputs, True
+            fresh.outputs = outputs
             if binding is None:
                 local.binding = fresh
             return fresh
-        binding.busy = True
         if binding.outputs is not outputs and binding.outputs != outputs:
             if binding.outputs is not None:
                 with _BIND:

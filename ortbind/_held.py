@@ -9,6 +9,7 @@ tells each of these apart from a tensor that is still as it was bound.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -46,6 +47,8 @@ _TENSOR_DATA_PTR = torch._C.TensorBase.data_ptr
 _STORAGE_DATA_PTR = torch._C.StorageBase.data_ptr  # type: ignore[attr-defined]
 _STORAGE_NBYTES = torch._C.StorageBase.nbytes  # type: ignore[attr-defined]
 _IS_CONTIGUOUS = torch._C.TensorBase.is_contiguous
+_SHAPE: Any = torch._C.TensorBase.shape
+_DTYPE: Any = torch._C.TensorBase.dtype
 
 
 def hold(kind: str, name: str, tensor: torch.Tensor, end: int | None = None) -> Held:
@@ -140,14 +143,23 @@ def moved(held: Held) -> str | None:
     return None
 
 
-def check_subclassed(subclassed: Sequence[tuple[str, torch.Tensor, int]]) -> None:
-    """Raise if a subclass instance bound through a plain alias was re-pointed since bind()."""
-    for name, caller, address in subclassed:
+def check_subclassed(subclassed: Sequence[tuple[str, torch.Tensor, int, torch.Size, torch.dtype]]) -> None:
+    """Raise if a subclass instance bound through a plain alias was re-pointed, reshaped, re-typed or
+    transposed since bind() (read through torch's own descriptors, with its class's overrides off)."""
+    for name, caller, address, shape, dtype in subclassed:
         with torch._C.DisableTorchFunctionSubclass():
-            now = torch.Tensor.data_ptr(caller)
-        if now != address:
+            now = (
+                _TENSOR_DATA_PTR(caller),
+                _SHAPE.__get__(caller),
+                _DTYPE.__get__(caller),
+                _IS_CONTIGUOUS(caller),
+            )
+        if now != (address, shape, dtype, True):
+            where = "the same address" if now[0] == address else "another address"
+            layout = "contiguous" if now[3] else "not contiguous"
             raise InputError(
-                f"input {name!r}: the tensor bound for it moved to other memory since it was bound; "
+                f"input {name!r}: the tensor bound for it changed since it was bound (now at {where}, shape "
+                f"{format_shape(now[1])}, {now[2]}, {layout}; bound: shape {format_shape(shape)}, {dtype}); "
                 f"write new values with copy_(), or rebind()",
                 kind="input",
                 name=name,

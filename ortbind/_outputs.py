@@ -128,6 +128,22 @@ class OutputChecker:
         selected = tuple(indices)
         return self.all if selected == self.all else selected  # every output, in order: the common call
 
+    @staticmethod
+    def snapshot(out: object, output_shapes: object, share: object) -> tuple[Any, Any, Any]:
+        """``out=``, ``output_shapes=`` and ``share=`` read once, before anything of the call is bound.
+
+        Reading them runs the caller's code (a mapping's methods, an int-like's ``__index__``), which
+        could re-point a tensor checked and bound already; after this, the call runs none.
+        """
+        if out is not None:
+            out = dict(mapping_of(out, "out", "out", OutputError, "output name -> tensor"))
+        if output_shapes is not None:
+            shapes = mapping_of(output_shapes, "output_shapes", "output", ShapeError, "output name -> shape")
+            output_shapes = {name: as_shape(dims) or dims for name, dims in shapes.items()}
+        if share is not None:
+            share = dict(mapping_of(share, "share", "output", OutputError, "output name -> input name"))
+        return out, output_shapes, share
+
     def overrides(self, slots: Sequence[Slot], output_shapes: object) -> list[Slot]:
         """``slots`` with per-call ``output_shapes`` applied (rule a for this call).
 

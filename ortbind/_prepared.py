@@ -110,7 +110,7 @@ class BoundState:
         held: list[Held],
         held_at: dict[int, int],
         refresh: tuple[tuple[int, torch.Tensor, torch.Tensor], ...],
-        subclassed: tuple[tuple[str, torch.Tensor, int], ...],
+        subclassed: tuple[tuple[str, torch.Tensor, int, torch.Size, torch.dtype], ...],
         reads: dict[int, tuple[int, ...]] | None,
     ) -> None:
         self.feeds = feeds
