@@ -553,6 +553,7 @@ def test_page_runs_img2img_and_inpaint(
 
 
 def _inpaint_in_browser(browser: Any, pictures: tuple[Path, Path]) -> None:
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
@@ -565,7 +566,24 @@ def _inpaint_in_browser(browser: Any, pictures: tuple[Path, Path]) -> None:
     set_number(browser, "#inpaint-steps input[type=number]", "4")
     # The editor draws the uploaded picture on its canvas; its layer list shows once it has.
     wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#inpaint-image canvas")))
+    # The editor sends its picture to the server in the background; on a busy machine a click can
+    # come before that is done, and the request layer then says the image is missing (a toast).
+    # Click again once it is: up to a minute, then the gallery wait below fails as it should.
+    deadline = time.monotonic() + 60
     browser.find_element(By.CSS_SELECTOR, "#inpaint-generate").click()
+    while time.monotonic() < deadline:
+        if browser.find_elements(By.CSS_SELECTOR, "#inpaint-gallery img"):
+            return
+        try:
+            missing = any("image: missing" in t.text for t in browser.find_elements(By.CSS_SELECTOR, ".toast-body"))
+            if missing:
+                for close in browser.find_elements(By.CSS_SELECTOR, ".toast-close"):
+                    close.click()
+                time.sleep(2)
+                browser.find_element(By.CSS_SELECTOR, "#inpaint-generate").click()
+        except WebDriverException:  # a toast that went away while read
+            pass
+        time.sleep(0.5)
 
 
 def test_folder_pages_in_the_browser(
