@@ -181,7 +181,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning  # one line, not ortbind's source
             code = int(args.handler(args))
-        sys.stdout.flush()
+        if sys.stdout is not None:  # None when started with stdout closed
+            sys.stdout.flush()
         return code
     except OrtbindError as exc:
         print(f"ortbind: error: {_printable(str(exc))}", file=sys.stderr)

@@ -163,6 +163,9 @@ _KEYS = itertools.count()
 
 _WORKER_PATH: Final = Path(__file__).with_name("_inference_worker.py")
 
+_MARK: Final = b"ortbind\n"
+"""What every reply of the worker starts with (``MARK`` in :mod:`._inference_worker`)."""
+
 _MAX_REPLY: Final = 1 << 32
 """Bytes a reply may announce; more means the worker's stdout carries something else."""
 
@@ -219,7 +222,10 @@ class _Worker:
         try:
             process.stdin.write(struct.pack("<Q", len(payload)) + payload)
             process.stdin.flush()
-            (size,) = struct.unpack("<Q", self._read(process, 8))
+            head = self._read(process, 16)
+            if head[:8] != _MARK:
+                raise EOFError(f"a reply starting {head[:8]!r}: something else writes to the worker's stdout")
+            (size,) = struct.unpack("<Q", head[8:])
             if size > _MAX_REPLY:
                 raise EOFError(f"a reply of {size} bytes: something else writes to the worker's stdout")
             reply = pickle.loads(self._read(process, size))
@@ -264,6 +270,7 @@ class _Worker:
         with self._lock:
             process = self._process
             if process is None or self._pid != os.getpid() or process.poll() is not None:
+                self._stop()  # a worker that died: its pipes closed, the process reaped
                 self._start()  # and every model is loaded again, on its next request
             while self._dropped:
                 gone = self._dropped.popleft()

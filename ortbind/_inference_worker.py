@@ -15,6 +15,9 @@ from typing import Any, BinaryIO
 import onnx
 import onnx.shape_inference
 
+MARK = b"ortbind\n"
+"""Starts every reply: anything else on this stdout (a sitecustomize that prints) is told apart at once."""
+
 
 def _read(stream: BinaryIO, count: int) -> bytes | None:
     data = b""
@@ -73,7 +76,7 @@ def main() -> None:
         else:
             reply = _infer(models[request[1]], request[2])
         payload = pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)
-        sink.write(struct.pack("<Q", len(payload)) + payload)
+        sink.write(MARK + struct.pack("<Q", len(payload)) + payload)
         sink.flush()
 
 

@@ -131,15 +131,14 @@ def load_model(source: ModelSource) -> LoadedModel:
         try:
             proto = onnx.load(str(path), load_external_data=False)
         except Exception as exc:
-            with open(path, "rb") as file:
-                if file.read(8)[4:] == b"ORTM":  # ORT's flatbuffer format
-                    raise ModelError(
-                        f"model file {str(path)!r}: an ONNX Runtime format (.ort) model, which ortbind cannot read "
-                        f"(it reads the interface from ONNX); pass the .onnx file it was made from, or wrap a session "
-                        f"built from the .ort file with TorchSession.from_session(session, model='model.onnx')",
-                        kind="model",
-                        name=str(path),
-                    ) from exc
+            if _head(path)[4:] == b"ORTM":  # ORT's flatbuffer format
+                raise ModelError(
+                    f"model file {str(path)!r}: an ONNX Runtime format (.ort) model, which ortbind cannot read "
+                    f"(it reads the interface from ONNX); pass the .onnx file it was made from, or wrap a session "
+                    f"built from the .ort file with TorchSession.from_session(session, model='model.onnx')",
+                    kind="model",
+                    name=str(path),
+                ) from exc
             raise ModelError(
                 f"model file {str(path)!r}: not an ONNX model ({exc})", kind="model", name=str(path)
             ) from exc
@@ -195,8 +194,34 @@ def _tensor_spec(value: onnx.ValueInfoProto) -> TensorSpec:
     return TensorSpec(value.name, tensor.elem_type, row.torch, dims, type_str)
 
 
+def _head(path: Path) -> bytes:
+    """The first 8 bytes of a file, or none if it cannot be read (the load's own error then speaks)."""
+    try:
+        with path.open("rb") as file:
+            return file.read(8)
+    except OSError:
+        return b""
+
+
 def read_spec(proto: onnx.ModelProto) -> ModelSpec:
-    """The inputs and outputs the graph declares, as frozen specs."""
+    """The inputs and outputs the graph declares, as frozen specs.
+
+    Raises:
+        ModelError: A name in the graph is not UTF-8 (protobuf decodes names when they are read).
+    """
+    try:
+        spec = _read_spec(proto)
+    except UnicodeDecodeError as exc:
+        raise ModelError(f"model: a name in its graph is not valid UTF-8 ({exc}); fix the model", kind="model") from exc
+    for tensor in (*spec.inputs, *spec.outputs):
+        if not isinstance(tensor.name, str):  # protobuf hands such a name over as bytes
+            raise ModelError(
+                f"model: the name {tensor.name!r} in its graph is not valid UTF-8; fix the model", kind="model"
+            )
+    return spec
+
+
+def _read_spec(proto: onnx.ModelProto) -> ModelSpec:
     graph = proto.graph
     initialized = {t.name for t in graph.initializer} | {s.values.name for s in graph.sparse_initializer}
     inputs = tuple(_tensor_spec(v) for v in graph.input if v.name not in initialized)

@@ -266,3 +266,35 @@ def test_warnings_are_one_line_of_their_own(model_path: str, capsys: pytest.Capt
         patch.setattr("ortbind.__main__._inspect", warn)
         assert main(["inspect", model_path]) == 0
     assert capsys.readouterr().err == "ortbind: warning: something to say\n"
+
+
+def test_a_name_that_is_not_utf8_is_a_model_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = onnx.parser.parse_model(
+        '<ir_version: 8, opset_import: ["" : 17]> g (float[N] qq) => (float[N] y) { y = Relu(qq) }'
+    )
+    raw = model.SerializeToString().replace(b"qq", b"\xff\xfe")  # protobuf does not check what it is given
+    path = tmp_path / "names.onnx"
+    path.write_bytes(raw)
+    assert main(["inspect", str(path)]) == 2
+    message = "model: the name b'\\xff\\xfe' in its graph is not valid UTF-8; fix the model"
+    assert capsys.readouterr().err == f"ortbind: error: {message}\n"
+    for source in (str(path), raw):
+        with pytest.raises(ortbind.ModelError) as info:
+            ortbind.TorchSession(source)
+        assert (str(info.value), info.value.kind) == (message, "model")
+
+
+def test_a_closed_stdout_is_no_traceback(model_path: str) -> None:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
+    done = subprocess.run(
+        [sys.executable, "-m", "ortbind", "inspect", model_path],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+        timeout=120,
+        check=False,
+        pass_fds=(),
+        preexec_fn=lambda: os.close(1),
+    )
+    assert done.returncode == 0
+    assert done.stderr == b""

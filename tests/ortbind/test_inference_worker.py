@@ -116,12 +116,14 @@ def test_the_worker_runs_no_file_of_the_working_directory(
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("noise", ["x", "hello from the environment"])
 def test_a_worker_whose_stdout_carries_other_output_is_given_up_with_a_warning(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_worker: None
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_worker: None, noise: str
 ) -> None:
+    """Given up at once: a short print once left the parent waiting two minutes for the rest of a reply."""
     site = tmp_path / "site"
     site.mkdir()
-    (site / "sitecustomize.py").write_text("print('hello from the environment')\n")
+    (site / "sitecustomize.py").write_text(f"print({noise!r})\n")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site), *sys.path]))
     sess = ortbind.TorchSession(DOUBLED)
     with pytest.warns(ortbind.OrtbindWarning, match="something else writes to the worker's stdout") as caught:
