@@ -177,7 +177,8 @@ class _Worker:
     """The process that runs ONNX shape inference for every session of this process.
 
     Requests are length-prefixed pickles over its stdin/stdout: ``("load", key, skeleton)``,
-    ``("infer", key, shapes)``, ``("drop", key)``. A process forked from this one starts its own
+    ``("infer", key, shapes)``, ``("drop", key)``; each reply starts with ``_MARK``, so anything
+    else written to the worker's stdout is told apart at once. A process forked from this one starts its own
     worker rather than talk over pipes it shares with its parent.
     """
 
