@@ -159,6 +159,7 @@ class Executor:
         io = binding.io
         device = self.ort_device
         written: list[torch.Tensor] = []
+        inputs_at: tuple[_binding.Span, ...] | None = None
         position = 0
         slot: Slot | None = None
         try:
@@ -178,8 +179,10 @@ class Executor:
                     kept = keep.get(name) if keep else None
                     # Not where an input now is (a loop feeding an output back): ORT would read what it writes.
                     if kept is not None and kept.shape == shape:
+                        if inputs_at is None:
+                            inputs_at = _binding.spans(tensors)  # once per call, for every kept output
                         start = kept.data_ptr()
-                        if not _binding.overlaps(kept, start, start + kept.nbytes, _binding.spans(tensors)):
+                        if not _binding.overlaps(kept, start, start + kept.nbytes, inputs_at):
                             buffer = kept
                     if buffer is None:
                         buffer = self.allocate[slot[INDEX]](*slot[SIZES])
