@@ -159,7 +159,6 @@ class Executor:
         io = binding.io
         device = self.ort_device
         written: list[torch.Tensor] = []
-        inputs_at: tuple[_binding.Span, ...] | None = None
         position = 0
         slot: Slot | None = None
         try:
@@ -179,10 +178,8 @@ class Executor:
                     kept = keep.get(name) if keep else None
                     # Not where an input now is (a loop feeding an output back): ORT would read what it writes.
                     if kept is not None and kept.shape == shape:
-                        if inputs_at is None:
-                            inputs_at = _binding.spans(tensors)  # once per call, for every kept output
                         start = kept.data_ptr()
-                        if not _binding.overlaps(kept, start, start + kept.nbytes, inputs_at):
+                        if not _binding.overlaps(kept, start, start + kept.nbytes, _binding.spans(tensors)):
                             buffer = kept
                     if buffer is None:
                         buffer = self.allocate[slot[INDEX]](*slot[SIZES])
