@@ -132,19 +132,26 @@ class ShapeInferencer:
         self._skeleton: bytes | None = None
         self._key = next(_KEYS)
         self._failed = False
-        self._lock = threading.Lock()
         weakref.finalize(self, _WORKER.drop, self._key)
 
     def __call__(self, shapes: Mapping[str, Shape]) -> dict[str, tuple[int | None, ...] | None]:
         """Output name -> inferred dims (``None`` for an unknown dim or rank); ``{}`` if inference failed."""
         if self._failed:
             return {}
-        with self._lock:
-            if self._skeleton is None:
-                self._skeleton = _make_skeleton(self._model).SerializeToString()
+        skeleton = self._skeleton
+        if skeleton is None:
+            # No lock: a child forked while another thread held one here would wait on it for good.
+            # Threads that race both build it; the skeleton is stored before the model is dropped,
+            # so a thread that finds no model finds the skeleton.
+            model = self._model
+            if model is None:
+                skeleton = self._skeleton
+            else:
+                skeleton = self._skeleton = _make_skeleton(model).SerializeToString()
                 self._model = None  # type: ignore[assignment]  # only the skeleton is needed from now on
+        assert skeleton is not None
         try:
-            return _WORKER.infer(self._key, self._skeleton, {k: tuple(v) for k, v in shapes.items()})
+            return _WORKER.infer(self._key, skeleton, {k: tuple(v) for k, v in shapes.items()})
         except _WorkerLostError as exc:
             self._failed = True
             _warn(
@@ -183,7 +190,8 @@ class _Worker:
     """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        self._owner: int | None = None  # the thread inside a request (see infer)
         self._process: subprocess.Popen[bytes] | None = None
         self._pid = -1
         self._loaded: set[int] = set()
@@ -195,7 +203,8 @@ class _Worker:
     def _forget(self) -> None:
         """In a forked child: the parent's lock may be held by a thread that does not exist here, and
         its worker is the parent's. Start afresh (the child starts a worker of its own on first use)."""
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        self._owner = None
         self._process, self._pid, self._loaded = None, -1, set()
         self._dropped.clear()
 
@@ -268,24 +277,38 @@ class _Worker:
                         stream.close()
 
     def infer(self, key: int, skeleton: bytes, shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
-        with self._lock:
-            process = self._process
-            if process is None or self._pid != os.getpid() or process.poll() is not None:
-                self._stop()  # a worker that died: its pipes closed, the process reaped
-                self._start()  # and every model is loaded again, on its next request
-            while self._dropped:
-                gone = self._dropped.popleft()
-                if gone in self._loaded:
-                    self._loaded.discard(gone)
-                    self._request(("drop", gone))
-            if key not in self._loaded:
-                self._request(("load", key, skeleton))
-                self._loaded.add(key)
-            kind, value = self._request(("infer", key, shapes))
+        """Output name -> inferred dims; ``{}`` where inference failed, or where this thread is inside a
+        request already: a signal handler that calls a session (waiting for the lock would deadlock,
+        and a nested request would read the outer one's answer). That call lets ORT allocate instead."""
+        with self._lock:  # reentrant: a nested call finds the owner set, or the pipe idle
+            if self._owner is not None:
+                _log.debug("shape inference skipped for %s: this thread is inside a request already", shapes)
+                return {}
+            self._owner = threading.get_ident()
+            try:
+                kind, value = self._infer(key, skeleton, shapes)
+            finally:
+                self._owner = None
         if kind == "error":
             _log.debug("shape inference failed for %s: %s", shapes, value)
             return {}
         return dict(value)
+
+    def _infer(self, key: int, skeleton: bytes, shapes: dict[str, tuple[int, ...]]) -> tuple[str, Any]:
+        """One request and its answer, under the lock."""
+        process = self._process
+        if process is None or self._pid != os.getpid() or process.poll() is not None:
+            self._stop()  # a worker that died: its pipes closed, the process reaped
+            self._start()  # and every model is loaded again, on its next request
+        while self._dropped:
+            gone = self._dropped.popleft()
+            if gone in self._loaded:
+                self._loaded.discard(gone)
+                self._request(("drop", gone))
+        if key not in self._loaded:
+            self._request(("load", key, skeleton))
+            self._loaded.add(key)
+        return self._request(("infer", key, shapes))  # type: ignore[no-any-return]
 
     def drop(self, key: int) -> None:
         """Forget a session's model in the worker, at its next request (never blocks: see ``_dropped``)."""

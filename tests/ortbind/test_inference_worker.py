@@ -19,7 +19,7 @@ import torch
 from onnx import TensorProto, helper
 
 import ortbind
-from ortbind import Rule
+from ortbind import Rule, _inference
 from ortbind._inference import _WORKER, _Worker
 
 
@@ -131,3 +131,78 @@ def test_a_worker_whose_stdout_carries_other_output_is_given_up_with_a_warning(
     assert (plan.rule, plan.shape) == (Rule.ORT, None)
     assert caught[0].filename == __file__  # the warning names the caller's line, not ortbind's
     assert torch.equal(sess(x=torch.ones(4, 3))["y"], torch.ones(8, 3))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_infers_while_another_thread_of_the_parent_builds_the_skeleton(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The skeleton (made once per session, seconds for a large model) is made without a lock: a
+    lock held by a parent's thread when the process forks is held in the child for good."""
+    parent = os.getpid()
+    building, release = threading.Event(), threading.Event()
+    make = _inference._make_skeleton
+
+    def slow(model: object) -> object:
+        if os.getpid() == parent:
+            building.set()
+            release.wait(30)
+        return make(model)
+
+    monkeypatch.setattr(_inference, "_make_skeleton", slow)
+    sess = ortbind.TorchSession(DOUBLED)
+    answers: list[object] = []
+    thread = threading.Thread(target=lambda: answers.append(_inferred(sess, 2)), daemon=True)
+    thread.start()
+    assert building.wait(30)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # fork() with threads running
+            pid = os.fork()
+        if pid == 0:
+            signal.alarm(30)
+            ok = _inferred(sess, 5) == (Rule.INFERRED, (10, 3))
+            os._exit(0 if ok else 1)
+        _, status = os.waitpid(pid, 0)
+    finally:
+        release.set()
+        thread.join(30)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert answers == [(Rule.INFERRED, (4, 3))]
+    assert _inferred(sess, 3) == (Rule.INFERRED, (6, 3))
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGUSR1"), reason="needs SIGUSR1")
+def test_a_signal_handler_that_calls_a_session_mid_inference_gets_a_right_answer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The handler runs on the thread that is inside a request: it may neither wait for the worker's
+    lock (a deadlock) nor send a request of its own (it would read the outer one's answer)."""
+    outer, inner = ortbind.TorchSession(DOUBLED), ortbind.TorchSession(DOUBLED)
+    assert _inferred(outer, 1) == (Rule.INFERRED, (2, 3))
+    got: list[torch.Tensor] = []
+    read = _Worker._read
+
+    def signalled(self: _Worker, process: object, count: int) -> bytes:
+        monkeypatch.setattr(_Worker, "_read", read)
+        os.kill(os.getpid(), signal.SIGUSR1)  # its handler runs at the next bytecode, here
+        return read(self, process, count)  # type: ignore[arg-type]
+
+    def handler(signum: int, frame: object) -> None:
+        got.append(inner(x=torch.full((4, 3), 2.0))["y"])
+
+    def deadlocked(signum: int, frame: object) -> None:
+        raise AssertionError("the handler's call waited for the worker's lock")
+
+    previous = signal.signal(signal.SIGUSR1, handler)
+    previous_alarm = signal.signal(signal.SIGALRM, deadlocked)
+    signal.alarm(30)
+    try:
+        monkeypatch.setattr(_Worker, "_read", signalled)
+        assert _inferred(outer, 5) == (Rule.INFERRED, (10, 3))
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGUSR1, previous)
+        signal.signal(signal.SIGALRM, previous_alarm)
+    assert len(got) == 1 and torch.equal(got[0], torch.full((8, 3), 2.0))
+    assert _inferred(inner, 6) == (Rule.INFERRED, (12, 3))  # later calls infer again
