@@ -18,6 +18,7 @@ from onnxruntime.capi.onnxruntime_inference_collection import OrtDevice
 from ._dtypes import from_onnx
 from ._metadata import TensorSpec
 from ._shapes import format_shape
+from ._typecheck import is_tensor
 from .errors import CopyWarning, DeviceError, DTypeError, InputError, OutputError, ShapeError, _warn
 
 __all__ = [
@@ -142,7 +143,7 @@ def check_tensor(
     """
     where = _where(kind, name)
     error = InputError if kind == "input" else OutputError
-    if not isinstance(value, torch.Tensor):
+    if not is_tensor(value):
         hint = " convert it with torch.from_numpy(...)" if type(value).__module__ == "numpy" else ""
         raise error(
             f"{where}: expected a torch.Tensor, got {type(value).__module__}.{type(value).__qualname__};"
@@ -258,8 +259,13 @@ def check_out_buffer(
     value: object,
     device: torch.device,
     shape: Sequence[int] | None,
+    predicted: bool = False,
 ) -> torch.Tensor:
-    """Validate a caller's ``out=`` buffer; it is written in place, so it is never copied."""
+    """Validate a caller's ``out=`` buffer; it is written in place, so it is never copied.
+
+    ``shape``: the shape it must have (``None``: unknown ahead); ``predicted``: that shape comes from
+    the model's declared or inferred dims, which the message then says.
+    """
     tensor = check_tensor("out", name, spec, value, device)
     if tensor.requires_grad:
         raise OutputError(
@@ -278,7 +284,8 @@ def check_out_buffer(
         )
     if shape is not None and tuple(tensor.shape) != tuple(shape):
         raise ShapeError(
-            f"out {name!r}: expected shape {format_shape(shape)} for these inputs, "
+            f"out {name!r}: expected shape {format_shape(shape)} for these inputs"
+            f"{' (from the dims the model declares or infers for it)' if predicted else ''}, "
             f"got {format_shape(tensor.shape)}; allocate it with that shape",
             kind="out",
             name=name,

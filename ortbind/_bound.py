@@ -88,21 +88,22 @@ class BoundCall(Uncopyable):
         self._broken: str | None = None
         given = dict(engine.inputs.mapping(feeds, "feeds"))
         binding = engine.executor.new_binding()
-        tensors, signature = engine.inputs.check(given, binding)
+        tensors, signature, _ = engine.inputs.check(given, binding)
         self._state = self._prepare(given, tensors, signature, binding, keep={})
 
     # ------------------------------------------------------------------ binding
 
     def _plan(
-        self, tensors: list[torch.Tensor], signature: tuple[torch.Size, ...]
+        self, tensors: list[torch.Tensor], signature: tuple[torch.Size, ...], feeds: Mapping[str, torch.Tensor]
     ) -> tuple[Plan, list[Any], dict[str, torch.Tensor] | None, dict[str, int] | None]:
-        """Plan and check the outputs for these inputs; binds nothing."""
+        """Plan and check the outputs for these inputs (bound as ``tensors``, given as ``feeds``); binds nothing."""
         engine = self._engine
         plan = engine.plans.get(signature)
         if not plan.verified and any(plan.slots[i][PREDICTED] for i in self._indices):
             plan = engine.verify(dict(zip(engine.inputs.names, tensors)), self._indices, signature)
+        given = [feeds[name] for name in engine.inputs.names]
         slots, buffers, shared = engine.outputs_for(
-            plan, self._indices, tensors, self._out or None, None, self._share or None
+            plan, self._indices, tensors, given, self._out or None, None, self._share or None
         )
         if self.graph_id is not None:
             self._check_graph(slots, plan)
@@ -116,7 +117,7 @@ class BoundCall(Uncopyable):
         binding: _binding.Binding,
         keep: Mapping[str, torch.Tensor],
     ) -> BoundState:
-        plan, slots, buffers, shared = self._plan(tensors, signature)
+        plan, slots, buffers, shared = self._plan(tensors, signature, feeds)
         prepared = self._engine.executor.prepare(binding, tensors, slots, buffers, shared, keep=keep)
         return self._state_for(feeds, signature, plan, prepared)
 
@@ -197,9 +198,10 @@ class BoundCall(Uncopyable):
             InputError, DTypeError, ShapeError, DeviceError: As for a call.
         """
         engine = self._engine
-        changes: Mapping[str, Any] = more if feeds is None else engine.inputs.mapping(feeds, "rebind")
+        # Read once: the names, the tensors and the feeds kept must come from one pass over the mapping.
+        changes: dict[str, Any] = more if feeds is None else dict(engine.inputs.mapping(feeds, "rebind"))
         if feeds is not None and more:
-            changes = {**changes, **more}
+            changes.update(more)
         if not self._lock.acquire(blocking=False):
             raise _busy("rebind")
         try:
@@ -317,7 +319,8 @@ class BoundCall(Uncopyable):
                     name=moved[0],
                 )
         signature = tuple(shapes)
-        plan, slots, buffers, shared = self._plan(tensors, signature)
+        feeds.update(changes)
+        plan, slots, buffers, shared = self._plan(tensors, signature, feeds)
         binding = state.prepared.binding
         keep = {n: t for n, t in state.prepared.results.items() if t is not None}
         # Everything above only checked; from here the binding changes, and a failure (ORT
@@ -327,7 +330,7 @@ class BoundCall(Uncopyable):
         for index, tensor in accepted:
             engine.inputs.bind(binding, index, tensor)
         prepared = engine.executor.prepare(binding, tensors, slots, buffers, shared, keep=keep)
-        self._state = self._state_for({**feeds, **changes}, signature, plan, prepared)
+        self._state = self._state_for(feeds, signature, plan, prepared)
         self._broken = None
 
     def _keeps_outputs(self, state: BoundState, index: int, shape: tuple[int, ...], old: tuple[int, ...]) -> bool:
@@ -460,7 +463,7 @@ class BoundCall(Uncopyable):
 
     def _rebind_outputs(self, state: BoundState, prepared: Prepared) -> None:
         tensors, feeds = self._as_bound(state)
-        plan, slots, buffers, shared = self._plan(tensors, state.signature)
+        plan, slots, buffers, shared = self._plan(tensors, state.signature, feeds)
         keep = {n: t for n, t in prepared.results.items() if t is not None}
         again = self._engine.executor.prepare(prepared.binding, tensors, slots, buffers, shared, keep=keep)
         self._state = self._state_for(feeds, state.signature, plan, again)

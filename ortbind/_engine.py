@@ -28,9 +28,10 @@ import torch.utils._python_dispatch
 from ._execute import Executor
 from ._inputs import InputChecker
 from ._outputs import OutputChecker, as_shape
-from ._plan import NAME, Plan, PlanCache, Signature, Slot, fixed
+from ._plan import NAME, PREDICTED, Plan, PlanCache, Signature, Slot, fixed
 from ._runoptions import RunPolicy
 from ._shapes import OutputPlan
+from ._typecheck import is_mapping
 from .errors import InputError, ShapeError
 
 __all__ = ["Engine"]
@@ -115,14 +116,22 @@ class Engine:
         binding = executor.take_binding(indices)
         try:
             binding.busy = True  # in the try: an interrupt just before it cannot leave it busy for good
-            tensors, signature = self.inputs.check(feeds, binding)
+            tensors, signature, given = self.inputs.check(feeds, binding)
             plan = self.plans.get(signature)
             if indices is every and out is None and output_shapes is None and share is None:
                 if plan.simple:
                     return executor.fresh(binding, tensors, signature, plan, options, asynchronous)
                 prepared = executor.prepare(binding, tensors, plan.slots, None)
             else:
-                slots, buffers, shared = self.outputs_for(plan, indices, tensors, out, output_shapes, share)
+                if (
+                    share is not None
+                    and not plan.verified
+                    and any(plan.slots[i][PREDICTED] and not executor.dlpack_ok[i] for i in indices)
+                ):
+                    # A float8 prediction is checked by a run that gives its shape only, then a second run:
+                    # with shared buffers, that second run would read what the first wrote. Check it apart.
+                    plan = self.verify(dict(zip(self.inputs.names, tensors)), indices, signature)
+                slots, buffers, shared = self.outputs_for(plan, indices, tensors, given, out, output_shapes, share)
                 prepared = executor.prepare(binding, tensors, slots, buffers, shared)
             results, _ = executor.execute(prepared, signature, plan, options, asynchronous, transient=True)
             return results
@@ -137,17 +146,22 @@ class Engine:
         plan: Plan,
         indices: Sequence[int],
         tensors: Sequence[torch.Tensor],
+        given: Sequence[object],
         out: object,
         output_shapes: object,
         share: object,
     ) -> tuple[list[Slot], dict[str, torch.Tensor] | None, dict[str, int] | None]:
-        """The slots, checked ``out=`` buffers and shared outputs of a call with this plan."""
+        """The slots, checked ``out=`` buffers and shared outputs of a call with this plan.
+
+        ``tensors``: the inputs as bound; ``given``: the caller's values they came from (a shared
+        output must be written into the caller's very memory, not into a copy of it).
+        """
         slots = [plan.slots[i] for i in indices]
         if output_shapes is not None:
             slots = self.outputs.overrides(slots, output_shapes)
         shared = None
         if share is not None:
-            shared = self.outputs.shared(share, slots, tensors, self.inputs.index) or None
+            shared = self.outputs.shared(share, slots, tensors, given, self.inputs.index) or None
             if shared:
                 slots = [fixed(s, tuple(tensors[shared[s[NAME]]].shape)) if s[NAME] in shared else s for s in slots]
         buffers = None
@@ -163,7 +177,7 @@ class Engine:
 
     def resolve(self, input_shapes: object) -> dict[str, OutputPlan]:
         """How each output would be allocated for inputs of these shapes, without running."""
-        if not isinstance(input_shapes, Mapping):
+        if not is_mapping(input_shapes):
             raise InputError(
                 f"input_shapes: expected a mapping of input name -> shape, got {type(input_shapes).__name__}",
                 kind="input",

@@ -47,7 +47,7 @@ from ._plan import (
 )
 from ._prepared import Prepared
 from ._shapes import format_shape
-from .errors import InputError
+from .errors import InputError, RunError
 
 __all__ = ["Executor", "Prepared"]
 
@@ -356,6 +356,21 @@ class Executor:
                     shared_with = None if shared_index is None else self.inputs.specs[shared_index].name
                     given_in = "out" if prepared.buffers and refusal.refused in prepared.buffers else "output_shapes"
                     raise unretried(refusal, first, shared_with, given_in if given else None) from refusal.__cause__
+                if prepared.shared:
+                    # The run wrote the shared inputs before the refusing node (a rerun would read that): not
+                    # rerun; the refused outputs are ORT's from now on, for the next call or run.
+                    names = sorted({s[NAME] for s in loosen} if refusal.refused is None else {refusal.refused})
+                    loosen = [s for s in loosen if s[NAME] in names]
+                    plan = self.plans.unpredicted(
+                        signature, plan, [s[INDEX] for s in loosen], "ONNX Runtime refused its predicted buffer"
+                    )
+                    self._reprepare(prepared, [loosened(s) if s in loosen else s for s in prepared.slots])
+                    raise self._not_rerun(
+                        prepared,
+                        names,
+                        f"ONNX Runtime refused its predicted buffer ({refusal.text})",
+                        "let ONNX Runtime allocate it",
+                    ) from refusal.__cause__
                 first = refusal
                 _log.debug("ORT refused a predicted output buffer (%s); rerunning with ORT allocating it", refusal.text)
                 self._reprepare(prepared, [loosened(s) if s in loosen else s for s in prepared.slots])
@@ -364,24 +379,34 @@ class Executor:
             if not produced and first is None:
                 results: dict[str, Any] = prepared.results if transient else dict(prepared.results)
                 break
-            observed: dict[int, tuple[int, ...]] = {}
+            got = list(zip(prepared.pending, produced))
+            observed = {s[INDEX]: shape for (_, s, _), (shape, _) in got if s[PREDICTED] and s[EXPECTED] is not None}
+            # Learned before anything is delivered: a caller's buffer that proves wrong is an error, and
+            # later calls must know the shape it names.
+            if first is not None:
+                plan = self.plans.learn(signature, plan, observed, refused=first.refused, refusal=True)
+            elif observed and (not plan.verified or any(plan.entries[i][1] != s for i, s in observed.items())):
+                plan = self.plans.learn(signature, plan, observed)
             shape_only: list[int] = []
             results = dict(prepared.results)
-            for (_, slot, buffer), (shape, value) in zip(prepared.pending, produced):
-                if slot[PREDICTED] and slot[EXPECTED] is not None:
-                    observed[slot[INDEX]] = shape
+            for (_, slot, buffer), (shape, value) in got:
                 if value is None:  # float8: ORT can hand over its shape only
                     shape_only.append(slot[INDEX])
                     continue
                 results[slot[NAME]] = deliver(slot, buffer, shape, value)
-            if first is not None:
-                plan = self.plans.learn(signature, plan, observed, refused=first.refused, refusal=True)
-            elif not plan.verified and observed:
-                plan = self.plans.learn(signature, plan, observed)
             if shape_only:
                 # Only the shapes came back; the plan now knows them: bind buffers and run again.
                 verified = {s[INDEX]: s for s in plan.slots}
                 self._reprepare(prepared, [verified[s[INDEX]] if s[INDEX] in shape_only else s for s in prepared.slots])
+                if prepared.shared:  # the run wrote the shared inputs: a rerun would read that
+                    names = [self.spec.outputs[i].name for i in shape_only]
+                    raise self._not_rerun(
+                        prepared,
+                        names,
+                        "its shape was not known before this run, and ONNX Runtime cannot hand over a float8 "
+                        "output it allocated",
+                        "bind it with the shape this run found",
+                    )
                 continue
             break
         for slot, target in prepared.passthrough:
@@ -390,6 +415,17 @@ class Executor:
         if prepared.written and (prepared.buffers or prepared.shared or not transient):
             _increment_version(prepared.written)
         return results, plan
+
+    def _not_rerun(self, prepared: Prepared, outputs: Sequence[str], why: str, later: str) -> RunError:
+        """The error for a call that shares buffers, whose run would have to be repeated to give ``outputs``."""
+        shared = ", ".join(sorted(repr(self.inputs.specs[i].name) for i in (prepared.shared or {}).values()))
+        return RunError(
+            f"output {', '.join(map(repr, outputs))}: {why}; this run had already written the shared input "
+            f"{shared} in place (share=), and a rerun would read what it wrote, so the call was not rerun and "
+            f"its outputs are lost. Later calls {later}: put {shared} back as it was and call again",
+            kind="output",
+            name=outputs[0] if len(outputs) == 1 else None,
+        )
 
     def _reprepare(self, prepared: Prepared, slots: list[Slot]) -> None:
         """Re-bind ``prepared`` in place on a fresh binding with other slots (after a refusal); inputs

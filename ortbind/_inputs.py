@@ -16,6 +16,7 @@ from . import _binding
 from ._binding import Binding
 from ._metadata import TensorSpec
 from ._ort import BindRefusedError, OrtCalls
+from ._typecheck import is_mapping
 from .errors import InputError
 
 __all__ = ["InputChecker"]
@@ -54,8 +55,9 @@ class InputChecker:
 
     def check(
         self, feeds: Mapping[str, Any], binding: Binding | None = None
-    ) -> tuple[list[torch.Tensor], tuple[torch.Size, ...]]:
-        """Check every feed; the tensors to bind, in input order, and their shapes (the signature).
+    ) -> tuple[list[torch.Tensor], tuple[torch.Size, ...], list[Any]]:
+        """Check every feed; the tensors to bind, in input order, their shapes (the signature), and the
+        caller's values they came from (read from ``feeds`` once).
 
         With ``binding``, each input is bound there in the same pass, unless the binding already
         holds exactly its address and shape (all a binding keeps of an input besides its fixed
@@ -76,7 +78,7 @@ class InputChecker:
             unknown = next(n for n in feeds if n not in self.index)
             raise InputError(self.unknown_message(str(unknown)), kind="input", name=str(unknown))
         tensors, shapes = self.accept(self.every, values, binding)
-        return tensors, tuple(shapes)
+        return tensors, tuple(shapes), values
 
     def accept(
         self, indices: Sequence[int], values: Sequence[Any], binding: Binding | None = None
@@ -147,7 +149,7 @@ class InputChecker:
     @staticmethod
     def mapping(feeds: object, what: str) -> Mapping[str, Any]:
         """``feeds`` if it is a mapping, else an :class:`~ortbind.InputError` saying ``what`` needed one."""
-        if not isinstance(feeds, Mapping):
+        if not is_mapping(feeds):
             raise InputError(
                 f"{what}: expected a mapping of input name -> torch.Tensor, got {type(feeds).__name__}", kind="input"
             )

@@ -101,6 +101,17 @@ class LoadedModel:
     path: Path | None
 
 
+def _not_a_file(path: Path) -> str:
+    """What a path that is not a readable regular file is, for a message."""
+    if path.is_dir():
+        return "is a directory"
+    if path.exists():
+        return "is not a regular file"
+    if path.is_symlink():
+        return "is a symbolic link to nothing (or a loop)"
+    return "does not exist"
+
+
 def load_model(source: ModelSource) -> LoadedModel:
     """Parse a model once, leaving external weight data on disk.
 
@@ -125,8 +136,9 @@ def load_model(source: ModelSource) -> LoadedModel:
         except OSError as exc:  # a name too long for the file system, say
             raise ModelError(f"model file {str(path)!r}: cannot be read ({exc})", kind="model", name=str(path)) from exc
         if not found:
+            what = _not_a_file(path)
             raise ModelError(
-                f"model file {str(path)!r} does not exist; pass the path of a .onnx file", kind="model", name=str(path)
+                f"model file {str(path)!r} {what}; pass the path of a .onnx file", kind="model", name=str(path)
             )
         try:
             proto = onnx.load(str(path), load_external_data=False)

@@ -15,8 +15,9 @@ import torch
 
 from . import _binding
 from ._metadata import ModelSpec, TensorSpec
-from ._plan import EXPECTED, INDEX, NAME, PASSTHROUGH, PROBLEM, PlanCache, Slot, fixed
+from ._plan import EXPECTED, INDEX, NAME, PASSTHROUGH, PREDICTED, PROBLEM, PlanCache, Slot, fixed
 from ._shapes import format_dims, format_shape
+from ._typecheck import is_mapping
 from .errors import DTypeError, InputError, ModelError, OrtbindError, OutputError, ShapeError
 
 __all__ = ["OutputChecker", "allocators", "as_shape", "deliver", "mapping_of", "no_dlpack", "unsupported_output"]
@@ -71,7 +72,7 @@ def no_dlpack(spec: TensorSpec, reason: str) -> ShapeError:
 
 def mapping_of(value: object, what: str, kind: str, error: type[OrtbindError], example: str) -> Mapping[str, Any]:
     """``value`` if it is a mapping, else ``error`` saying ``what`` expected a mapping of ``example``."""
-    if not isinstance(value, Mapping):
+    if not is_mapping(value):
         raise error(
             f"{what}: expected a mapping of {example}, got {type(value).__name__}; pass a dict",
             kind=kind,
@@ -192,18 +193,24 @@ class OutputChecker:
             )
 
     def shared(
-        self, share: object, slots: Sequence[Slot], tensors: Sequence[torch.Tensor], inputs: Mapping[str, int]
+        self,
+        share: object,
+        slots: Sequence[Slot],
+        tensors: Sequence[torch.Tensor],
+        given: Sequence[object],
+        inputs: Mapping[str, int],
     ) -> dict[str, int]:
         """Check ``share=`` (output name -> input name); output name -> input index.
 
         Only for models that write the output in place into the input's buffer (ORT's
         GroupQueryAttention with a shared past/present KV buffer): the output is bound to the
-        input's very memory, with the input's shape.
+        input's very memory, with the input's shape. ``tensors`` are the inputs as bound,
+        ``given`` the caller's values they came from.
 
         Raises:
             OutputError: Not a mapping, an output not in this call, a pass-through output, an
-                input shared twice.
-            InputError: An unknown input.
+                input shared twice, an input this call also returns as a pass-through output.
+            InputError: An unknown input, or one bound as a copy (``allow_copy``).
             DTypeError: The output's declared type is not the input's.
             ShapeError: The input's rank is not the output's declared rank.
         """
@@ -258,7 +265,25 @@ class OutputChecker:
                     kind="input",
                     name=source,
                 )
+            if tensor is not given[index] and _binding.plain(given[index]).data_ptr() != tensor.data_ptr():  # type: ignore[arg-type]
+                raise InputError(
+                    f"share[{output!r}]: input {source!r} cannot be bound as it is and is bound as a copy "
+                    f"(allow_copy), so {output!r} would be written into the copy, never into your tensor; pass "
+                    f"{source!r} as a contiguous tensor on {self.device} (e.g. .contiguous()), and keep using that one",
+                    kind="input",
+                    name=source,
+                )
             result[output] = index
+        for slot in slots:
+            if slot[PASSTHROUGH] is not None and slot[PASSTHROUGH] in result.values():
+                output = next(o for o, i in result.items() if i == slot[PASSTHROUGH])
+                raise OutputError(
+                    f"share[{output!r}]: the run writes input {slot[NAME]!r} in place, and this call also returns "
+                    f"{slot[NAME]!r} as an output (the input passed through), which would then be the written "
+                    f"values, not the input's; leave {slot[NAME]!r} out of output_names, or do not share",
+                    kind="output",
+                    name=slot[NAME],
+                )
         # ORT writes a shared input while it runs: no other input may live in that memory.
         names = list(inputs)
         _binding.check_no_overlap(
@@ -310,8 +335,12 @@ class OutputChecker:
             if slot[PROBLEM]:
                 raise unsupported_output(spec)
             # A pass-through output is the input itself: its buffer must have the input's shape.
-            expected = tensors[slot[PASSTHROUGH]].shape if slot[PASSTHROUGH] is not None else slot[EXPECTED]
-            buffer = _binding.check_out_buffer(name, spec, value, self.device, expected)
+            source = slot[PASSTHROUGH]
+            passthrough = source is not None
+            expected = tensors[source].shape if source is not None else slot[EXPECTED]
+            buffer = _binding.check_out_buffer(
+                name, spec, value, self.device, expected, slot[PREDICTED] and not passthrough
+            )
             if expected is None:
                 self._check_rank(f"out {name!r}", slot[INDEX], buffer.shape, "out")
             buffers[name] = buffer
@@ -345,9 +374,10 @@ def deliver(slot: Slot, buffer: torch.Tensor | None, shape: tuple[int, ...], val
     if buffer is None:
         return value
     if shape != tuple(buffer.shape):
+        whence = " that the dims the model declares or infers gave" if slot[PREDICTED] else ""
         raise ShapeError(
             f"out {slot[NAME]!r}: the run produced shape {format_shape(shape)}, not the expected "
-            f"{format_shape(buffer.shape)}",
+            f"{format_shape(buffer.shape)}{whence}; pass a buffer of shape {format_shape(shape)} (later calls take it)",
             kind="out",
             name=slot[NAME],
         )

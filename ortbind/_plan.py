@@ -372,6 +372,20 @@ class PlanCache:
                 plans.popitem(last=False)
         return plan
 
+    def unpredicted(self, signature: Signature, plan: Plan, indices: Sequence[int], why: str) -> Plan:
+        """Leave outputs ``indices`` to ORT for this signature, and their declared dims for every other: a
+        refused prediction that no rerun could check (a call that shares buffers). Returns the new plan."""
+        entries = list(plan.entries)
+        distrust = set()
+        for index in indices:
+            if entries[index][0] == DECLARED:
+                distrust.add(index)
+            entries[index] = (ORT, None, f"{why} in a call that shares buffers")
+        if distrust:
+            with self._lock:
+                self._distrusted = self._distrusted | distrust
+        return self._store(signature, entries, verified=plan.verified)
+
     def learn(
         self,
         signature: Signature,

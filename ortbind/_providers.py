@@ -16,6 +16,7 @@ import onnxruntime as ort
 import torch
 from onnxruntime.capi import build_and_package_info as _build_info
 
+from ._typecheck import is_mapping
 from .errors import ConfigError
 
 __all__ = [
@@ -96,7 +97,7 @@ def _options(where: str, given: object) -> dict[str, str]:
     """One provider's options as strings; ``None`` means none (as ORT takes it)."""
     if given is None:
         return {}
-    if not isinstance(given, Mapping):
+    if not is_mapping(given):
         raise ConfigError(
             f"{where}: expected a mapping of option name -> value, got {type(given).__name__}",
             kind="option",
@@ -135,7 +136,7 @@ def _named_options(provider_options: object, names: list[str] | None) -> dict[st
     """``provider_options`` by provider name; ORT's own spelling (a list parallel to ``providers``) too."""
     if provider_options is None:
         return {}
-    if isinstance(provider_options, Mapping):
+    if is_mapping(provider_options):
         result = {}
         for name, opts in provider_options.items():
             if names is not None and name not in names:

@@ -385,9 +385,13 @@ class TorchSession(Uncopyable):
                 into that input's buffer** (ORT's ``GroupQueryAttention`` with a past/present KV
                 buffer shared, as onnxruntime-genai's builder makes them): the output is bound to
                 the input tensor itself, with the input's shape, and comes back as that tensor
-                (its version bumped). Checked for dtype, device, rank and overlap; a model that
-                computes another shape for the output fails with a :class:`~ortbind.RunError`
-                naming it. Never implied.
+                (its version bumped). Checked for dtype, device, rank and overlap; an input bound
+                as an ``allow_copy`` copy, or also asked for as a pass-through output, is refused.
+                A model that computes another shape for the output fails with a
+                :class:`~ortbind.RunError` naming it. The model is never run twice in such a call
+                (a second run would read what the first wrote): a refused prediction of another
+                output is a :class:`~ortbind.RunError` naming it, and ORT allocates it from then
+                on. Never implied.
             run_options: ORT's ``RunOptions`` for this call (terminate, run tag, log level),
                 used as given instead of :attr:`run_options`.
             synchronize: Overrides the session's ``synchronize`` for this call.

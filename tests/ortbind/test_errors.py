@@ -153,7 +153,8 @@ def test_out_buffer_errors(sess: ortbind.TorchSession) -> None:
         sess.run(good, out={"y": torch.empty(2, 3, 4, 5)})  # type: ignore[arg-type]
     with raises(
         ortbind.ShapeError,
-        "out 'y': expected shape (2, 3, 4, 5) for these inputs, got (2, 3, 5, 4); allocate it with that shape",
+        "out 'y': expected shape (2, 3, 4, 5) for these inputs (from the dims the model declares or infers for it), "
+        "got (2, 3, 5, 4); allocate it with that shape",
     ):
         sess.run(good, out={"y": torch.empty(2, 3, 5, 4, dtype=torch.float16)})  # type: ignore[arg-type]
     with raises(
