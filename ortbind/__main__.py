@@ -55,7 +55,16 @@ def _type_name(spec: TensorSpec) -> str:
 def _inspect(args: argparse.Namespace) -> int:
     loaded = load_model(args.model)
     spec = read_spec(loaded.proto)
-    given = dict(args.shape or [])
+    given: dict[str, tuple[int, ...]] = {}
+    for name, shape in args.shape or []:
+        if name in given:
+            raise OrtbindError(
+                f"--shape {name}: given twice ({format_shape(given[name])} and {format_shape(shape)}); give each "
+                f"input's shape once",
+                kind="input",
+                name=name,
+            )
+        given[name] = shape
     unknown = [n for n in given if n not in {s.name for s in spec.inputs}]
     if unknown:
         known = ", ".join(repr(s.name) for s in spec.inputs)

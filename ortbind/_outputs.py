@@ -96,6 +96,8 @@ class OutputChecker:
         self.index = {s.name: i for i, s in enumerate(spec.outputs)}
         self.names = tuple(s.name for s in spec.outputs)
         self.all = tuple(range(len(spec.outputs)))
+        inputs = {s.name for s in spec.inputs}
+        self.passes_through = any(s.name in inputs for s in spec.outputs)  # a graph output that is an input
 
     def unknown_message(self, name: str) -> str:
         known = ", ".join(repr(s.name) for s in self.spec.outputs)
@@ -274,7 +276,7 @@ class OutputChecker:
                     name=source,
                 )
             result[output] = index
-        for slot in slots:
+        for slot in slots if self.passes_through else ():
             if slot[PASSTHROUGH] is not None and slot[PASSTHROUGH] in result.values():
                 output = next(o for o, i in result.items() if i == slot[PASSTHROUGH])
                 raise OutputError(

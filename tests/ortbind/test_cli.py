@@ -144,8 +144,12 @@ def test_bad_shape_syntax_is_an_argparse_error(
             ["--shape", "x=4", "--shape", "w=4x3"],
             "input 'x': expected 2 dims ['batch', 3], got shape (4,); reshape it to the declared rank",
         ),
+        (
+            ["--shape", "x=4x3", "--shape", "x=5x3"],
+            "--shape x: given twice ((4, 3) and (5, 3)); give each input's shape once",
+        ),
     ],
-    ids=["unknown input", "missing dynamic input", "wrong fixed dim", "wrong rank"],
+    ids=["unknown input", "missing dynamic input", "wrong fixed dim", "wrong rank", "given twice"],
 )
 def test_shape_errors(model_path: str, args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["inspect", model_path, *args]) == 2
@@ -159,6 +163,15 @@ def test_missing_model_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert main(["inspect", path]) == 2
     assert capsys.readouterr().err == (
         f"ortbind: error: model file {path!r} does not exist; pass the path of a .onnx file\n"
+    )
+
+
+def test_a_directory_given_as_the_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "model.onnx"
+    path.mkdir()
+    assert main(["inspect", str(path)]) == 2
+    assert capsys.readouterr().err == (
+        f"ortbind: error: model file {str(path)!r} is a directory; pass the path of a .onnx file\n"
     )
 
 
