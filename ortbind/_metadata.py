@@ -101,6 +101,20 @@ class LoadedModel:
     path: Path | None
 
 
+_ORT_FORMAT = b"ORTM"
+"""Bytes 4 to 8 of a model in ONNX Runtime's own flatbuffer format (``.ort``)."""
+
+
+def _ort_format(where: str, name: str | None) -> ModelError:
+    return ModelError(
+        f"{where}: an ONNX Runtime format (.ort) model, which ortbind cannot read (it reads the interface from "
+        f"ONNX); pass the .onnx file it was made from, or wrap a session built from the .ort file with "
+        f"TorchSession.from_session(session, model='model.onnx')",
+        kind="model",
+        name=name,
+    )
+
+
 def _not_a_file(path: Path) -> str:
     """What a path that is not a readable regular file is, for a message."""
     if path.is_dir():
@@ -125,8 +139,12 @@ def load_model(source: ModelSource) -> LoadedModel:
         try:
             proto = onnx.load_model_from_string(data)
         except Exception as exc:  # protobuf raises DecodeError and friends
+            if data[4:8] == _ORT_FORMAT:
+                raise _ort_format("model bytes", None) from exc
             raise ModelError(f"model bytes: not a serialized ONNX model ({exc})", kind="model") from exc
         if not proto.HasField("graph"):
+            if data[4:8] == _ORT_FORMAT:
+                raise _ort_format("model bytes", None)
             raise ModelError("model bytes: not a serialized ONNX model (it has no graph)", kind="model")
         return LoadedModel(proto, data, None)
     if isinstance(source, (str, os.PathLike)):
@@ -143,14 +161,8 @@ def load_model(source: ModelSource) -> LoadedModel:
         try:
             proto = onnx.load(str(path), load_external_data=False)
         except Exception as exc:
-            if _head(path)[4:] == b"ORTM":  # ORT's flatbuffer format
-                raise ModelError(
-                    f"model file {str(path)!r}: an ONNX Runtime format (.ort) model, which ortbind cannot read "
-                    f"(it reads the interface from ONNX); pass the .onnx file it was made from, or wrap a session "
-                    f"built from the .ort file with TorchSession.from_session(session, model='model.onnx')",
-                    kind="model",
-                    name=str(path),
-                ) from exc
+            if _head(path)[4:] == _ORT_FORMAT:
+                raise _ort_format(f"model file {str(path)!r}", str(path)) from exc
             raise ModelError(
                 f"model file {str(path)!r}: not an ONNX model ({exc})", kind="model", name=str(path)
             ) from exc

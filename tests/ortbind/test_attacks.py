@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -762,6 +763,8 @@ def test_an_ort_format_model_is_named_as_such(tmp_path: Any) -> None:
     )
     with raises(ortbind.ModelError, message, kind="model", name=path):
         ortbind.TorchSession(path)
+    with raises(ortbind.ModelError, message.replace(f"model file {path!r}", "model bytes"), kind="model", name=None):
+        ortbind.TorchSession(Path(path).read_bytes())
 
 
 def test_a_model_from_memory_whose_weights_are_external_says_to_pass_its_path(tmp_path: Any) -> None:
