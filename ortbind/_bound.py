@@ -18,7 +18,7 @@ import torch
 
 from . import _binding, _held
 from ._outputs import as_shape, mapping_of
-from ._plan import INDEX, NAME, PASSTHROUGH, PREDICTED, SHAPE, Slot
+from ._plan import INDEX, NAME, PASSTHROUGH, SHAPE, Slot
 from ._prepared import BoundState, Uncopyable
 from .errors import ConfigError, InputError, OutputError, RunError, ShapeError
 
@@ -99,7 +99,7 @@ class BoundCall(Uncopyable):
         """Plan and check the outputs for these inputs (bound as ``tensors``, given as ``feeds``); binds nothing."""
         engine = self._engine
         plan = engine.plans.get(signature)
-        if not plan.verified and any(plan.slots[i][PREDICTED] for i in self._indices):
+        if not plan.verified and any(plan.unchecked(i) for i in self._indices):
             plan = engine.verify(dict(zip(engine.inputs.names, tensors)), self._indices, signature)
         given = [feeds[name] for name in engine.inputs.names]
         slots, buffers, shared = engine.outputs_for(

@@ -28,11 +28,11 @@ import torch.utils._python_dispatch
 from ._execute import Executor
 from ._inputs import InputChecker
 from ._outputs import OutputChecker, as_shape
-from ._plan import NAME, PREDICTED, Plan, PlanCache, Signature, Slot, fixed
+from ._plan import NAME, Plan, PlanCache, Signature, Slot, fixed
 from ._runoptions import RunPolicy
 from ._shapes import OutputPlan
 from ._typecheck import is_mapping
-from .errors import InputError, ShapeError
+from .errors import InputError, OutputError, ShapeError
 
 __all__ = ["Engine"]
 
@@ -126,7 +126,7 @@ class Engine:
                 if (
                     share is not None
                     and not plan.verified
-                    and any(plan.slots[i][PREDICTED] and not executor.dlpack_ok[i] for i in indices)
+                    and any(plan.unchecked(i) and not executor.dlpack_ok[i] for i in indices)
                 ):
                     # A float8 prediction is checked by a run that gives its shape only, then a second run:
                     # with shared buffers, that second run would read what the first wrote. Check it apart.
@@ -162,6 +162,15 @@ class Engine:
         shared = None
         if share is not None:
             shared = self.outputs.shared(share, slots, tensors, given, self.inputs.index) or None
+            if shared and output_shapes is not None:
+                both = next((name for name in shared if name in output_shapes), None)  # type: ignore[operator]
+                if both is not None:
+                    raise OutputError(
+                        f"output_shapes[{both!r}]: it is shared with input "
+                        f"{self.inputs.names[shared[both]]!r} (share=), whose shape it takes; give it one or the other",
+                        kind="output",
+                        name=both,
+                    )
             if shared:
                 slots = [fixed(s, tuple(tensors[shared[s[NAME]]].shape)) if s[NAME] in shared else s for s in slots]
         buffers = None

@@ -26,7 +26,7 @@ from ._held import Held, check_held
 from ._inputs import InputChecker
 from ._metadata import ModelSpec
 from ._ort import BindRefusedError, OrtCalls, OutputRefusedError, unretried
-from ._outputs import allocators, deliver, no_dlpack, unsupported_output
+from ._outputs import allocators, check_given, deliver, no_dlpack, unsupported_output
 from ._plan import (
     DTYPE,
     ELEM_TYPE,
@@ -411,6 +411,7 @@ class Executor:
             break
         for slot, target in prepared.passthrough:
             source = prepared.tensors[slot[PASSTHROUGH]]  # type: ignore[index]
+            check_given(slot, tuple(source.shape))
             results[slot[NAME]] = source.clone() if target is None else target.copy_(source)
         if prepared.written and (prepared.buffers or prepared.shared or not transient):
             _increment_version(prepared.written)

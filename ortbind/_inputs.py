@@ -32,10 +32,18 @@ class InputChecker:
         devices: Per input, where its tensor must live (the session's device, or the CPU for an
             input a CUDA session keeps in host memory).
         allow_copy: Copy (with a warning) an input that cannot be bound as it is, instead of refusing.
+        overridable: Graph inputs with an initializer, which ortbind does not take (for messages).
     """
 
-    def __init__(self, specs: Sequence[TensorSpec], devices: Sequence[torch.device], allow_copy: bool) -> None:
+    def __init__(
+        self,
+        specs: Sequence[TensorSpec],
+        devices: Sequence[torch.device],
+        allow_copy: bool,
+        overridable: Sequence[str] = (),
+    ) -> None:
         self.specs = tuple(specs)
+        self.overridable = frozenset(overridable)
         self.devices = tuple(devices)
         self.allow_copy = allow_copy
         self.index = {s.name: i for i, s in enumerate(specs)}
@@ -163,6 +171,12 @@ class InputChecker:
 
     def unknown_message(self, name: str) -> str:
         known = ", ".join(repr(s.name) for s in self.specs) or "none"
+        if name in self.overridable:
+            return (
+                f"input {name!r}: an initializer the model lets callers override; ortbind runs with the model's "
+                f"value and takes only its other inputs ({known}); to override it, run the model with "
+                f"onnxruntime.InferenceSession"
+            )
         return f"input {name!r}: the model has no such input; its inputs are {known}"
 
     def require(self, name: object) -> int:

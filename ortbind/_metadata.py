@@ -69,6 +69,8 @@ class ModelSpec:
         opsets: Domain -> opset version.
         producer: ``producer_name producer_version`` as the file records it.
         ir_version: The ONNX IR version.
+        overridable: Graph inputs with an initializer (a default the caller may override in ONNX
+            Runtime); ortbind runs with the model's value.
     """
 
     inputs: tuple[TensorSpec, ...]
@@ -76,6 +78,7 @@ class ModelSpec:
     opsets: tuple[tuple[str, int], ...]
     producer: str
     ir_version: int
+    overridable: tuple[str, ...] = ()
 
     def input(self, name: str) -> TensorSpec:
         """The input called ``name``; raises ``KeyError`` if there is none."""
@@ -254,4 +257,5 @@ def _read_spec(proto: onnx.ModelProto) -> ModelSpec:
     outputs = tuple(_tensor_spec(unique[name]) for name in dict.fromkeys(v.name for v in graph.output))
     producer = f"{proto.producer_name} {proto.producer_version}".strip()
     opsets = tuple((o.domain or "ai.onnx", o.version) for o in proto.opset_import)
-    return ModelSpec(inputs, outputs, opsets, producer, proto.ir_version)
+    overridable = tuple(v.name for v in graph.input if v.name in initialized)
+    return ModelSpec(inputs, outputs, opsets, producer, proto.ir_version, overridable)

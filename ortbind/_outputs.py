@@ -371,15 +371,32 @@ def allocators(spec: ModelSpec, device: torch.device) -> tuple[Any, ...]:
     return tuple(allocate)
 
 
+def check_given(slot: Slot, shape: tuple[int, ...]) -> None:
+    """Raise :class:`~ortbind.ShapeError` if an output whose shape the caller gave (``output_shapes``) came out
+    another (one ORT allocated, an empty one, a pass-through: none was bound at that shape for ORT to refuse)."""
+    expected = slot[EXPECTED]
+    if expected is not None and not slot[PREDICTED] and shape != expected:
+        name = slot[NAME]
+        raise ShapeError(
+            f"output_shapes[{name!r}]: the run produced shape {format_shape(shape)}, not the {format_shape(expected)} "
+            f"given; give the shape the model produces, or leave {name!r} out of output_shapes= so that it follows "
+            f"the model",
+            kind="output",
+            name=name,
+        )
+
+
 def deliver(slot: Slot, buffer: torch.Tensor | None, shape: tuple[int, ...], value: torch.Tensor) -> torch.Tensor:
     """What a call returns for an output ORT allocated: its tensor, or the caller's buffer holding it."""
     if buffer is None:
+        check_given(slot, shape)
         return value
     if shape != tuple(buffer.shape):
         whence = " that the dims the model declares or infers gave" if slot[PREDICTED] else ""
         raise ShapeError(
             f"out {slot[NAME]!r}: the run produced shape {format_shape(shape)}, not the expected "
-            f"{format_shape(buffer.shape)}{whence}; pass a buffer of shape {format_shape(shape)} (later calls take it)",
+            f"{format_shape(buffer.shape)}{whence}; pass a buffer of shape {format_shape(shape)}"
+            f"{' (later calls take it)' if slot[PREDICTED] else ''}",
             kind="out",
             name=slot[NAME],
         )

@@ -158,14 +158,16 @@ class Plan:
     Attributes:
         entries: Per output ``(rule letter, shape, reason)``, what :meth:`outputs` reports.
         slots: One slot per model output, in model order.
-        verified: Whether a run has confirmed the predicted shapes. Sessions on CUDA start
-            unverified: there, an output computed on another device is copied into its bound
-            buffer after a check of element counts only, so a wrong prediction would come back
-            silently reshaped. The first run of each signature lets ORT allocate predicted outputs
-            and compares.
+        verified: Whether every predicted shape is trusted: confirmed by a run, or the session does
+            not verify. Sessions on CUDA start unverified: there, an output computed on another
+            device is copied into its bound buffer after a check of element counts only, so a
+            wrong prediction would come back silently reshaped. The first run of each signature
+            that computes a predicted output lets ORT allocate it and compares.
+        checked: The outputs whose predicted shapes a run confirmed (``None``: the session trusts
+            every prediction). A call that computes some outputs checks those only.
     """
 
-    __slots__ = ("entries", "simple", "slots", "verified")
+    __slots__ = ("checked", "entries", "simple", "slots", "verified")
 
     def __init__(
         self,
@@ -173,17 +175,29 @@ class Plan:
         slots: tuple[Slot, ...],
         verified: bool,
         simple: bool,
+        checked: frozenset[int] | None = None,
     ):
         self.entries = entries
         self.slots = slots
         self.verified = verified
+        self.checked = checked
         self.simple = simple
         """Every output is allocated by ortbind and bound by pointer (the common plain call)."""
+
+    def unchecked(self, index: int) -> bool:
+        """Whether output ``index`` has a predicted shape that no run has confirmed yet."""
+        checked, (rule, shape, _) = self.checked, self.entries[index]
+        return checked is not None and index not in checked and rule in _PREDICTED and shape is not None
 
     def outputs(self) -> tuple[OutputPlan, ...]:
         """One :class:`~ortbind.OutputPlan` per output, in model order (made on each call: plans are many)."""
         make = tuple.__new__  # what OutputPlan(...) does, without its Python-level __new__
         return tuple([make(OutputPlan, (s[NAME], RULES[e[0]], e[1], e[2])) for s, e in zip(self.slots, self.entries)])
+
+
+def _with(checked: frozenset[int] | None, observed: Mapping[int, Shape]) -> frozenset[int] | None:
+    """``checked`` and the outputs a run just observed (``None`` stays: every prediction trusted)."""
+    return None if checked is None else checked | observed.keys()
 
 
 def device_capacity(device: torch.device) -> int:
@@ -280,7 +294,7 @@ class PlanCache:
         for index in self._distrusted:
             if entries[index][0] == DECLARED:
                 entries[index] = (ORT, None, "its declared dims proved wrong for an earlier input signature")
-        return self._store(signature, entries, verified=not self._verify)
+        return self._store(signature, entries, frozenset() if self._verify else None)
 
     def _counted_infer(self, shapes: Mapping[str, Shape]) -> Mapping[str, tuple[int | None, ...] | None]:
         self.inferences += 1
@@ -335,8 +349,13 @@ class PlanCache:
         if size > self.max_output_bytes:
             self._beyond_limit(index, OVERRIDE, shape, size)
 
-    def _store(self, signature: Signature, entries: list[tuple[str, Shape | None, str]], *, verified: bool) -> Plan:
+    def _store(
+        self, signature: Signature, entries: list[tuple[str, Shape | None, str]], checked: frozenset[int] | None
+    ) -> Plan:
         """The plan for ``entries`` (outputs beyond the size limit moved to rule d), kept as the most recent.
+
+        ``checked``: the outputs whose predictions a run confirmed (``None``: every prediction trusted).
+        A prediction not confirmed is not bound by pointer: the run lets ORT allocate it and compares.
 
         On a decoder's every token (a new signature each time), so written for speed: ``prod``
         in C, what is fixed per output worked out once (``_static``), the key hashed as few times
@@ -344,14 +363,17 @@ class PlanCache:
         """
         slots: list[Slot] = []
         limit = self.max_output_bytes
-        simple = True
+        simple = verified = True
         for (index, name, elem_type, dtype, passthrough, problem, itemsize), entry in zip(self._static, entries):
             rule, shape, reason = entry
             if shape is not None:
                 size = itemsize * prod(shape)
+                trusted = checked is None or rule not in _PREDICTED or index in checked
                 if size > limit:
                     rule, shape, reason = entries[index] = self._beyond_limit(index, rule, shape, size)
-                elif size and passthrough is None and problem is None and (verified or rule == OVERRIDE):
+                elif not trusted:
+                    verified = False
+                elif size and passthrough is None and problem is None:
                     # By pointer (an unverified prediction is checked by letting ORT allocate).
                     predicted, sizes = rule in _PREDICTED, shape or ((),)  # a scalar's new_empty takes ()
                     slots.append((index, name, elem_type, dtype, shape, shape, predicted, None, None, reason, sizes))
@@ -359,7 +381,7 @@ class PlanCache:
             simple = False
             predicted = rule in _PREDICTED
             slots.append((index, name, elem_type, dtype, None, shape, predicted, passthrough, problem, reason, ()))
-        plan = Plan(tuple(entries), tuple(slots), verified, simple)
+        plan = Plan(tuple(entries), tuple(slots), verified, simple, checked)
         # Keyed by plain tuples: torch.Size objects would be kept alive and tracked by the collector.
         key = tuple(map(tuple, signature))
         with self._lock:
@@ -384,7 +406,7 @@ class PlanCache:
         if distrust:
             with self._lock:
                 self._distrusted = self._distrusted | distrust
-        return self._store(signature, entries, verified=plan.verified)
+        return self._store(signature, entries, plan.checked)
 
     def learn(
         self,
@@ -419,7 +441,7 @@ class PlanCache:
                         f"ONNX Runtime refuses a caller-allocated buffer of the right shape "
                         f"{format_shape(shape)} for it",
                     )
-            return self._store(signature, entries, verified=True)
+            return self._store(signature, entries, _with(plan.checked, observed))
         distrust = set()
         for index, actual in wrong.items():
             rule, expected, _ = entries[index]
@@ -435,4 +457,4 @@ class PlanCache:
         if distrust:
             with self._lock:
                 self._distrusted = self._distrusted | distrust
-        return self._store(signature, entries, verified=True)
+        return self._store(signature, entries, _with(plan.checked, observed))

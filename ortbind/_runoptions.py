@@ -101,6 +101,12 @@ class RunPolicy:
             ConfigError: ``run_options`` is not a RunOptions, contradicts ``synchronize``, names
                 another graph than this run's, or asks for an asynchronous run that cannot be ordered.
         """
+        if synchronize is not None and type(synchronize) is not bool:
+            raise ConfigError(
+                f"synchronize: expected True, False or None (the session's default), got {synchronize!r}",
+                kind="option",
+                name="synchronize",
+            )
         if run_options is None:
             wait = self.synchronize if synchronize is None else synchronize
             if not wait and not self.can_defer:
