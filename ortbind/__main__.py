@@ -93,7 +93,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
     if args.json:
 
-        def row(s: TensorSpec) -> dict[str, object]:
+        def row(s: TensorSpec, output: bool) -> dict[str, object]:
             item: dict[str, object] = {
                 "name": s.name,
                 "type": s.type_str,
@@ -103,7 +103,7 @@ def _inspect(args: argparse.Namespace) -> int:
             }
             if s.unsupported:
                 item["unsupported"] = s.unsupported
-            if s.name in resolved:
+            if output and s.name in resolved:  # an output named like an input (passed through) is a row of each
                 item["resolved"] = {
                     "shape": resolved[s.name][0],
                     "rule": resolved[s.name][1],
@@ -118,8 +118,8 @@ def _inspect(args: argparse.Namespace) -> int:
                     "producer": spec.producer,
                     "ir_version": spec.ir_version,
                     "opsets": dict(spec.opsets),
-                    "inputs": [row(s) for s in spec.inputs],
-                    "outputs": [row(s) for s in spec.outputs],
+                    "inputs": [row(s, False) for s in spec.inputs],
+                    "outputs": [row(s, True) for s in spec.outputs],
                 },
                 indent=2,
             )
@@ -135,9 +135,9 @@ def _inspect(args: argparse.Namespace) -> int:
         for s in specs:
             dims = _printable(format_dims(s.dims))
             line = f"  {_printable(s.name):<{width}}  {s.elem_type_name:<14} {_type_name(s):<16} {dims}"
-            if s.name in given:
+            if title == "inputs" and s.name in given:
                 line += f"  <- {format_shape(given[s.name])}"
-            if s.name in resolved:
+            if title == "outputs" and s.name in resolved:
                 shape_text, rule, reason = resolved[s.name]
                 line += f"  -> {shape_text}  {rule}"
                 if reason and args.verbose:

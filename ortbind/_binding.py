@@ -7,10 +7,13 @@ lives here and runs before anything is bound.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import contextlib
+import inspect
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Final
 
 import torch
+import torch.utils._python_dispatch
 import torch.utils.dlpack
 from onnxruntime.capi import _pybind_state as ort_c
 from onnxruntime.capi.onnxruntime_inference_collection import OrtDevice
@@ -65,6 +68,25 @@ size; a misaligned 16-byte access is a CUDA "misaligned address" fault that pois
 """
 
 
+function_mode_enabled = torch._C._is_torch_function_mode_enabled
+dispatch_modes = torch._C._len_torch_dispatch_stack
+"""Whether torch function modes, and how many dispatch modes, are active: ``if function_mode_enabled() or
+dispatch_modes(): with without_modes(): ...`` at each entry point (two C calls where no mode is on)."""
+
+
+@contextlib.contextmanager
+def without_modes() -> Iterator[None]:
+    """Torch function and dispatch modes off, for ortbind's own work on tensors.
+
+    Under ``torch.set_default_device(...)`` (a torch function mode) ``torch.empty`` would allocate
+    elsewhere than the session's device; under a fake or meta dispatch mode it would allocate no
+    memory at all, and ORT would write through whatever pointer came back; and a function mode
+    answers ``tensor.shape`` or ``data_ptr()`` itself, so the checks would read what it says.
+    """
+    with torch._C.DisableTorchFunction(), torch.utils._python_dispatch._disable_current_modes():
+        yield
+
+
 def plain(tensor: torch.Tensor) -> torch.Tensor:
     """``tensor`` as a plain ``torch.Tensor`` whose methods and properties cannot be overridden.
 
@@ -78,10 +100,22 @@ def plain(tensor: torch.Tensor) -> torch.Tensor:
         return torch.Tensor.as_subclass(tensor, torch.Tensor)
 
 
+_PLAIN_DISPATCH = inspect.getattr_static(torch.Tensor, "__torch_dispatch__")
+
+
+def _dispatches(cls: type) -> bool:
+    """Whether a tensor subclass has a ``__torch_dispatch__`` of its own (a wrapper subclass).
+
+    Read statically: ``cls.__torch_dispatch__`` would run a descriptor of the caller's, code that
+    could re-point a tensor checked and bound already.
+    """
+    return cls is not torch.Tensor and inspect.getattr_static(cls, "__torch_dispatch__", None) is not _PLAIN_DISPATCH
+
+
 def _storage_problem(tensor: torch.Tensor) -> str | None:
     """Why ``tensor`` has no real memory ORT could read or write, or ``None`` if it has."""
     cls = type(tensor)
-    if cls is not torch.Tensor and cls.__torch_dispatch__ is not torch.Tensor.__torch_dispatch__:
+    if _dispatches(cls):
         # FakeTensor, FunctionalTensor, DTensor and other wrapper subclasses: their data_ptr is
         # null or belongs to something else; ORT would dereference garbage.
         return f"it is a {cls.__module__}.{cls.__qualname__}, a tensor subclass without plain memory of its own"
@@ -152,7 +186,7 @@ def check_tensor(
             name=name,
         )
     cls = type(value)
-    if cls is torch.Tensor or cls.__torch_dispatch__ is torch.Tensor.__torch_dispatch__:
+    if not _dispatches(cls):
         # From here on the plain alias: no Python override of the caller's class runs (it could
         # re-point a tensor already checked and bound, between the check and the run).
         value = plain(value)
@@ -247,10 +281,22 @@ def check_input(
             name=name,
         )
     _warn(f"input {name!r}: copied because {why} (allow_copy=True)", CopyWarning)
-    # clone() gives fresh, dense, resolved memory from torch's allocator (aligned to >= 64 bytes).
-    copy = tensor.resolve_conj().resolve_neg().clone(memory_format=torch.contiguous_format)
+    # clone() gives fresh, dense, resolved memory from torch's allocator (aligned to >= 64 bytes); a
+    # normal tensor even under inference mode, as a bound call refreshes it in place outside it too.
+    with torch.inference_mode(False):
+        copy = tensor.resolve_conj().resolve_neg().clone(memory_format=torch.contiguous_format)
     assert layout_problem(copy, device) is None
     return copy
+
+
+def unwritable(tensor: torch.Tensor) -> str | None:
+    """Why torch would not let ``tensor`` be written in place here (ORT writes it so), or ``None``."""
+    if tensor.is_inference() and not torch.is_inference_mode_enabled():
+        return (
+            "is an inference tensor (made under torch.inference_mode()), which torch lets no one write outside "
+            "inference mode; pass a tensor made outside it, or make the call inside torch.inference_mode()"
+        )
+    return None
 
 
 def check_out_buffer(
@@ -274,6 +320,9 @@ def check_out_buffer(
             kind="out",
             name=name,
         )
+    written = unwritable(tensor)
+    if written is not None:
+        raise OutputError(f"out {name!r}: buffer {written}", kind="out", name=name)
     problem = layout_problem(tensor, device)
     if problem is not None:
         why, _ = problem
@@ -296,6 +345,20 @@ def check_out_buffer(
 def _span(tensor: torch.Tensor) -> tuple[int, int]:
     start = tensor.data_ptr()
     return start, start + tensor.numel() * tensor.element_size()
+
+
+def _extent(tensor: torch.Tensor) -> tuple[int, int]:
+    """The bytes a tensor of any strides reaches, first to last element (a caller's input bound as a copy
+    is still the caller's memory: an ``out=`` buffer over it is written while the caller reads it)."""
+    low = high = 0
+    for size, stride in zip(tensor.shape, tensor.stride()):
+        reach = (size - 1) * stride
+        if reach < 0:
+            low += reach
+        else:
+            high += reach
+    start, size = tensor.data_ptr(), tensor.element_size()
+    return start + low * size, start + (high + 1) * size
 
 
 Span = tuple[int, int, torch.device]
@@ -331,7 +394,7 @@ def check_no_overlap(
         for kind, other_name, other in others:
             if other.device != out.device:
                 continue
-            olo, ohi = _span(other)
+            olo, ohi = _extent(other)
             if lo < ohi and olo < hi:
                 raise OutputError(
                     f"{label} {name!r}: buffer overlaps {kind} {other_name!r} in memory; "

@@ -17,10 +17,11 @@ import onnxruntime as ort
 import torch
 
 from . import _binding, _held
-from ._outputs import as_shape, mapping_of
+from ._binding import dispatch_modes, function_mode_enabled, without_modes
+from ._outputs import as_shape
 from ._plan import INDEX, NAME, PASSTHROUGH, SHAPE, Slot
 from ._prepared import BoundState, Uncopyable
-from .errors import ConfigError, InputError, OutputError, RunError, ShapeError
+from .errors import ConfigError, InputError, RunError, ShapeError
 
 if TYPE_CHECKING:
     from ._engine import Engine
@@ -78,15 +79,12 @@ class BoundCall(Uncopyable):
         self.graph_id: int | None = engine.next_graph_id() if engine.cuda_graph else None
         self._graph = None if self.graph_id is None else engine.policy.graph_options(self.graph_id)
         self._indices = engine.outputs.all if output_names is None else engine.outputs.select(output_names)
-        self._out = dict(mapping_of(out, "out", "out", OutputError, "output name -> tensor")) if out is not None else {}
-        self._share = (
-            dict(mapping_of(share, "share", "output", OutputError, "output name -> input name"))
-            if share is not None
-            else {}
-        )
+        given_out, _, given_share = engine.outputs.snapshot(out, None, share)
+        self._out: dict[str, torch.Tensor] = given_out or {}
+        self._share: dict[str, str] = given_share or {}
         self._runs = 0
         self._broken: str | None = None
-        given = dict(engine.inputs.mapping(feeds, "feeds"))
+        given = engine.inputs.named(feeds, "feeds")
         binding = engine.executor.new_binding()
         tensors, signature, _ = engine.inputs.check(given, binding)
         self._state = self._prepare(given, tensors, signature, binding, keep={})
@@ -197,9 +195,12 @@ class BoundCall(Uncopyable):
             RunError: Another thread is running this bound call.
             InputError, DTypeError, ShapeError, DeviceError: As for a call.
         """
+        if function_mode_enabled() or dispatch_modes():
+            with without_modes():
+                return self.rebind(feeds, **more)
         engine = self._engine
         # Read once: the names, the tensors and the feeds kept must come from one pass over the mapping.
-        changes: dict[str, Any] = more if feeds is None else dict(engine.inputs.mapping(feeds, "rebind"))
+        changes: dict[str, Any] = more if feeds is None else engine.inputs.named(feeds, "rebind")
         if feeds is not None and more:
             changes.update(more)
         if not self._lock.acquire(blocking=False):
@@ -226,6 +227,9 @@ class BoundCall(Uncopyable):
             InputError: An unknown input.
             RunError: Another thread is running this bound call.
         """
+        if function_mode_enabled() or dispatch_modes():
+            with without_modes():
+                return self.resize(**shapes)
         if not self._lock.acquire(blocking=False):
             raise _busy("resize")
         try:
@@ -394,6 +398,9 @@ class BoundCall(Uncopyable):
 
         An input given a new shape by :meth:`resize` is a view of its memory with that shape.
         """
+        if function_mode_enabled() or dispatch_modes():
+            with without_modes():
+                return self.inputs
         state = self._state
         feeds = dict(state.feeds)
         for index, shape in state.resized.items():
@@ -421,6 +428,9 @@ class BoundCall(Uncopyable):
                 this bound call right now.
             InputError, OutputError: A bound tensor moved or lost its memory since it was bound.
         """
+        if function_mode_enabled() or dispatch_modes():  # a mode would answer the checks' reads itself
+            with without_modes():
+                return self.run(run_options=run_options, synchronize=synchronize)
         if not self._lock.acquire(False):
             raise _busy("run")
         try:

@@ -17,14 +17,13 @@ is :meth:`Engine.call`; a bound call (:class:`~ortbind.BoundCall`) uses the same
 
 from __future__ import annotations
 
-import contextlib
 import itertools
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import onnxruntime as ort
 import torch
-import torch.utils._python_dispatch
 
+from ._binding import dispatch_modes, function_mode_enabled, without_modes
 from ._execute import Executor
 from ._inputs import InputChecker
 from ._outputs import OutputChecker, as_shape
@@ -35,21 +34,6 @@ from ._typecheck import is_mapping
 from .errors import InputError, OutputError, ShapeError
 
 __all__ = ["Engine"]
-
-_function_mode_enabled = torch._C._is_torch_function_mode_enabled
-_dispatch_modes = torch._C._len_torch_dispatch_stack
-
-
-@contextlib.contextmanager
-def _without_modes() -> Iterator[None]:
-    """Torch function and dispatch modes off: ortbind's own allocations must be real, on its device.
-
-    Under ``torch.set_default_device(...)`` (a torch function mode) ``torch.empty`` would allocate
-    elsewhere than the session's device; under a fake or meta dispatch mode it would allocate no
-    memory at all, and ORT would write through whatever pointer came back.
-    """
-    with torch._C.DisableTorchFunction(), torch.utils._python_dispatch._disable_current_modes():
-        yield
 
 
 class Engine:
@@ -100,8 +84,8 @@ class Engine:
         synchronize: bool | None,
     ) -> dict[str, torch.Tensor]:
         """One plain call: fresh outputs (or the caller's buffers), inputs only read."""
-        if _function_mode_enabled() or _dispatch_modes():
-            with _without_modes():
+        if function_mode_enabled() or dispatch_modes():
+            with without_modes():
                 return self.call(feeds, output_names, out, output_shapes, share, run_options, synchronize)
         policy = self.policy
         if run_options is None and synchronize is None:
@@ -176,7 +160,7 @@ class Engine:
         buffers = None
         if out is not None:
             names = [s.name for s in self.inputs.specs]
-            buffers = self.outputs.buffers(out, slots, tensors, names, shared) or None
+            buffers = self.outputs.buffers(out, slots, tensors, names, shared, given) or None
         return slots, buffers, shared
 
     def verify(self, feeds: Mapping[str, torch.Tensor], indices: Sequence[int], signature: Signature) -> Plan:

@@ -16,7 +16,7 @@ from . import _binding
 from ._binding import Binding
 from ._metadata import TensorSpec
 from ._ort import BindRefusedError, OrtCalls
-from ._typecheck import is_mapping
+from ._typecheck import is_mapping, named
 from .errors import InputError
 
 __all__ = ["InputChecker"]
@@ -162,6 +162,14 @@ class InputChecker:
                 f"{what}: expected a mapping of input name -> torch.Tensor, got {type(feeds).__name__}", kind="input"
             )
         return feeds
+
+    def named(self, feeds: object, what: str) -> dict[str, Any]:
+        """``feeds`` read once into a dict keyed by plain ``str`` names (see :func:`~._typecheck.named`)."""
+        return named(
+            self.mapping(feeds, what),
+            what,
+            lambda message, key: InputError(self.unknown_message(str(key)), kind="input", name=str(key)),
+        )
 
     def missing_message(self, feeds: Mapping[str, Any]) -> str:
         missing = [s for s in self.specs if s.name not in feeds]

@@ -17,7 +17,7 @@ from . import _binding
 from ._metadata import ModelSpec, TensorSpec
 from ._plan import EXPECTED, INDEX, NAME, PASSTHROUGH, PREDICTED, PROBLEM, PlanCache, Slot, fixed
 from ._shapes import format_dims, format_shape
-from ._typecheck import is_mapping
+from ._typecheck import is_mapping, is_tensor, named, plain_str
 from .errors import DTypeError, InputError, ModelError, OrtbindError, OutputError, ShapeError
 
 __all__ = ["OutputChecker", "allocators", "as_shape", "deliver", "mapping_of", "no_dlpack", "unsupported_output"]
@@ -139,12 +139,37 @@ class OutputChecker:
         could re-point a tensor checked and bound already; after this, the call runs none.
         """
         if out is not None:
-            out = dict(mapping_of(out, "out", "out", OutputError, "output name -> tensor"))
+            out = named(
+                mapping_of(out, "out", "out", OutputError, "output name -> tensor"),
+                "out",
+                lambda message, _: OutputError(message, kind="out"),
+            )
         if output_shapes is not None:
-            shapes = mapping_of(output_shapes, "output_shapes", "output", ShapeError, "output name -> shape")
-            output_shapes = {name: as_shape(dims) or dims for name, dims in shapes.items()}
+            shapes = named(
+                mapping_of(output_shapes, "output_shapes", "output", ShapeError, "output name -> shape"),
+                "output_shapes",
+                lambda message, _: ShapeError(message, kind="output"),
+            )
+            # A shape that is not one stays the caller's object, for the error that names it.
+            output_shapes = {
+                name: dims if (shape := as_shape(dims)) is None else shape for name, dims in shapes.items()
+            }
         if share is not None:
-            share = dict(mapping_of(share, "share", "output", OutputError, "output name -> input name"))
+            share = named(
+                mapping_of(share, "share", "output", OutputError, "output name -> input name"),
+                "share",
+                lambda message, _: OutputError(message, kind="output"),
+            )
+            for output, source in share.items():
+                name = plain_str(source)
+                if name is None:
+                    raise InputError(
+                        f"share[{output!r}]: {source!r} is not an input of the model; name the input whose buffer "
+                        f"{output!r} is written into",
+                        kind="input",
+                        name=str(source),
+                    )
+                share[output] = name
         return out, output_shapes, share
 
     def overrides(self, slots: Sequence[Slot], output_shapes: object) -> list[Slot]:
@@ -267,6 +292,17 @@ class OutputChecker:
                     kind="input",
                     name=source,
                 )
+            if tensor.requires_grad:
+                raise InputError(
+                    f"share[{output!r}]: input {source!r} requires grad, and the run writes it in place outside "
+                    f"autograd (torch's in-place ops refuse that too); pass a tensor that does not require grad "
+                    f"(e.g. .detach())",
+                    kind="input",
+                    name=source,
+                )
+            written = _binding.unwritable(tensor)
+            if written is not None:
+                raise InputError(f"share[{output!r}]: input {source!r} {written}", kind="input", name=source)
             if tensor is not given[index] and _binding.plain(given[index]).data_ptr() != tensor.data_ptr():  # type: ignore[arg-type]
                 raise InputError(
                     f"share[{output!r}]: input {source!r} cannot be bound as it is and is bound as a copy "
@@ -302,8 +338,12 @@ class OutputChecker:
         tensors: Sequence[torch.Tensor],
         input_names: Sequence[str],
         shared: Mapping[str, int] | None = None,
+        callers: Sequence[object] = (),
     ) -> dict[str, torch.Tensor]:
         """Check ``out=`` buffers against the outputs of this call; the buffers to write, by name.
+
+        ``tensors`` are the inputs as bound; ``callers``, the caller's values they came from, which an
+        ``out=`` buffer must not overlap either (an input bound as a copy is read from the caller's).
 
         Raises:
             OutputError: Not a mapping, an unknown output or one not in this call, a buffer that
@@ -346,7 +386,11 @@ class OutputChecker:
             if expected is None:
                 self._check_rank(f"out {name!r}", slot[INDEX], buffer.shape, "out")
             buffers[name] = buffer
-        _binding.check_no_overlap(buffers.items(), zip(input_names, tensors))
+        inputs = list(zip(input_names, tensors))
+        for input_name, tensor, caller in zip(input_names, tensors, callers):
+            if caller is not tensor and is_tensor(caller):
+                inputs.append((input_name, _binding.plain(caller)))
+        _binding.check_no_overlap(buffers.items(), inputs)
         return buffers
 
 

@@ -389,7 +389,9 @@ class TorchSession(Uncopyable):
             out: Output name -> caller-owned buffer to write into. Each must have the output's
                 dtype, the session's device, be contiguous, not require grad and have the
                 output's shape (or, where that is unknown ahead, its declared rank); the returned
-                dict holds these very tensors, and their autograd version counters are bumped.
+                dict holds these very tensors (a tensor subclass's buffer as a plain
+                ``torch.Tensor`` alias of its memory: no subclass code runs after the checks),
+                and their autograd version counters are bumped.
             output_shapes: Output name -> concrete shape for this call (rule a).
             share: Output name -> input name, **only for models that write that output in place
                 into that input's buffer** (ORT's ``GroupQueryAttention`` with a past/present KV
@@ -447,6 +449,9 @@ class TorchSession(Uncopyable):
         Returns:
             The :class:`~ortbind.BoundCall`.
         """
+        if _binding.function_mode_enabled() or _binding.dispatch_modes():
+            with _binding.without_modes():
+                return BoundCall(self._engine, feeds, output_names, out, share)
         return BoundCall(self._engine, feeds, output_names, out, share)
 
 

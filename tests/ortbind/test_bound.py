@@ -9,10 +9,9 @@ from typing import Any
 import onnxruntime as ort
 import pytest
 import torch
-from torch.overrides import TorchFunctionMode
 
 import ortbind
-from ortbind import Rule
+from ortbind import Rule, _execute
 
 from ..helpers import raises
 from ..models import parse
@@ -134,28 +133,30 @@ def test_bound_tensors_are_kept_alive() -> None:
     assert_equal_reference(bound.run(), expected)
 
 
-def test_a_bound_call_is_not_for_concurrent_use() -> None:
+def test_a_bound_call_is_not_for_concurrent_use(monkeypatch: pytest.MonkeyPatch) -> None:
     """run() and rebind() while another thread is inside run() get a RunError (rebind once corrupted memory)."""
     sess = ortbind.TorchSession(TWO, allow_copy=True)
     x = torch.randn(4, 3).t()  # not contiguous: copied at bind, and copied again inside each run
     with pytest.warns(ortbind.CopyWarning):
         bound = sess.bind({"x": x, "s": torch.tensor(2.0)})
     inside, release = threading.Event(), threading.Event()
+    check_held = _execute.check_held
+    runner_thread: list[threading.Thread] = []
 
-    class HoldInsideRun(TorchFunctionMode):
-        def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-            if func is torch.Tensor.copy_:  # the refresh of the copied input, under the run's lock
-                inside.set()
-                assert release.wait(60)
-            return func(*args, **(kwargs or {}))
+    def held_inside_run(held: Any) -> None:  # the check of the held tensors, under the run's lock
+        if threading.current_thread() in runner_thread:
+            inside.set()
+            assert release.wait(60)
+        check_held(held)
 
+    monkeypatch.setattr(_execute, "check_held", held_inside_run)
     results: list[dict[str, torch.Tensor]] = []
 
     def runner() -> None:
-        with HoldInsideRun():
-            results.append(bound.run())
+        results.append(bound.run())
 
     thread = threading.Thread(target=runner)
+    runner_thread.append(thread)
     thread.start()
     try:
         assert inside.wait(60)
