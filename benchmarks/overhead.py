@@ -48,6 +48,8 @@ from onnxruntime.capi import _pybind_state as ort_c
 import ortbind
 
 F = onnx.TensorProto.FLOAT
+function_mode_enabled = torch._C._is_torch_function_mode_enabled
+dispatch_modes = torch._C._len_torch_dispatch_stack
 
 
 def _model(
@@ -178,6 +180,7 @@ def _checked_floors(
 ) -> tuple[Callable[[], dict[str, torch.Tensor]], Callable[[], dict[str, torch.Tensor]]]:
     """The two floors plus the checks ortbind owes on each path, written out by hand with no layers.
 
+    Both first check that no torch mode is on (a mode would answer the checks' reads itself).
     ``checked fresh``: a reused binding (as ortbind keeps one per thread); per call, each input
     passes the fast checks (plain tensor, dtype, device, contiguous, no lazy negation, non-null
     aligned address inside its storage) and is re-bound only if its address or shape changed; the
@@ -194,6 +197,8 @@ def _checked_floors(
     plans = {tuple(tuple(t.shape) for t in feeds.values()): [(n, tuple(s), list(s)) for n, s in outputs.items()]}
 
     def checked_fresh() -> dict[str, torch.Tensor]:
+        if function_mode_enabled() or dispatch_modes():
+            raise RuntimeError("a torch mode is on")
         values = [feeds[n] for n in names]
         signature = []
         for index, value in enumerate(values):
@@ -238,6 +243,8 @@ def _checked_floors(
     increment_version = torch._C._increment_version
 
     def checked() -> dict[str, torch.Tensor]:
+        if function_mode_enabled() or dispatch_modes():
+            raise RuntimeError("a torch mode is on")
         if not lock.acquire(False):
             raise RuntimeError("busy")
         try:
