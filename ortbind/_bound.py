@@ -78,6 +78,8 @@ class BoundCall(Uncopyable):
         self._lock = threading.Lock()
         self.graph_id: int | None = engine.next_graph_id() if engine.cuda_graph else None
         self._graph = None if self.graph_id is None else engine.policy.graph_options(self.graph_id)
+        # What a run given no options uses (None in a cuda_graph session: its own graph's options).
+        self._defaults = None if self._graph is not None else (engine.policy.default, engine.policy.asynchronous)
         self._indices = engine.outputs.all if output_names is None else engine.outputs.select(output_names)
         given_out, _, given_share = engine.outputs.snapshot(out, None, share)
         self._out: dict[str, torch.Tensor] = given_out or {}
@@ -440,8 +442,9 @@ class BoundCall(Uncopyable):
             if state.subclassed:
                 _held.check_subclassed(state.subclassed)
             engine = self._engine
-            if run_options is None and synchronize is None and self._graph is None:
-                options, asynchronous = engine.policy.default, engine.policy.asynchronous
+            defaults = self._defaults
+            if run_options is None and synchronize is None and defaults is not None:
+                options, asynchronous = defaults
             else:
                 graph_id = -1 if self.graph_id is None else self.graph_id
                 options, asynchronous = engine.policy.choose(run_options, synchronize, self._graph, graph_id)
@@ -454,7 +457,7 @@ class BoundCall(Uncopyable):
                 options,
                 asynchronous,
                 False,
-                self.graph_id is None,
+                defaults is not None,  # a CUDA graph's outputs stay at their addresses: no retry
                 state.held,
                 state.refresh,
             )
