@@ -18,7 +18,6 @@ import torch.utils.dlpack
 from onnxruntime.capi import _pybind_state as ort_c
 from onnxruntime.capi.onnxruntime_inference_collection import OrtDevice
 
-from ._dtypes import from_onnx
 from ._metadata import TensorSpec
 from ._shapes import format_shape
 from ._typecheck import is_tensor
@@ -28,19 +27,16 @@ __all__ = [
     "CUDA_ALIGNMENT",
     "Binding",
     "CudaStreamOrder",
-    "Span",
     "check_input",
-    "check_no_overlap",
     "check_out_buffer",
     "check_tensor",
-    "dlpack_supported",
-    "fits_storage",
-    "from_capsule",
+    "dispatch_modes",
+    "function_mode_enabled",
     "make_ort_device",
-    "overlaps",
     "plain",
     "short_storage",
-    "spans",
+    "unwritable",
+    "without_modes",
 ]
 
 
@@ -340,107 +336,6 @@ def check_out_buffer(
             name=name,
         )
     return tensor
-
-
-def _span(tensor: torch.Tensor) -> tuple[int, int]:
-    start = tensor.data_ptr()
-    return start, start + tensor.numel() * tensor.element_size()
-
-
-def _extent(tensor: torch.Tensor) -> tuple[int, int]:
-    """The bytes a tensor of any strides reaches, first to last element (a caller's input bound as a copy
-    is still the caller's memory: an ``out=`` buffer over it is written while the caller reads it)."""
-    low = high = 0
-    for size, stride in zip(tensor.shape, tensor.stride()):
-        reach = (size - 1) * stride
-        if reach < 0:
-            low += reach
-        else:
-            high += reach
-    start, size = tensor.data_ptr(), tensor.element_size()
-    return start + low * size, start + (high + 1) * size
-
-
-Span = tuple[int, int, torch.device]
-"""Where a tensor's memory lies: ``(start, end, device)``."""
-
-
-def spans(tensors: Iterable[torch.Tensor]) -> tuple[Span, ...]:
-    """The spans of the non-empty ``tensors`` (for :func:`overlaps`, made once for many checks)."""
-    return tuple((*_span(t), t.device) for t in tensors if t.numel())
-
-
-def overlaps(tensor: torch.Tensor, start: int, end: int, others: Sequence[Span]) -> bool:
-    """Whether memory ``[start, end)`` of ``tensor``'s device overlaps any of the spans ``others``."""
-    for low, high, device in others:  # noqa: SIM110  (a loop: any() over a generator costs more here)
-        if start < high and low < end and device == tensor.device:
-            return True
-    return False
-
-
-def check_no_overlap(
-    outs: Iterable[tuple[str, torch.Tensor]], inputs: Iterable[tuple[str, torch.Tensor]], label: str = "out"
-) -> None:
-    """Raise if an ``out=`` buffer (or a shared input, ``label="share"``) shares memory with another one or an input.
-
-    ORT may write an output while it still reads an input, so an aliased buffer gives wrong
-    results even where the sizes fit.
-    """
-    outs = [(n, t) for n, t in outs if t.numel()]
-    inputs = [(n, t) for n, t in inputs if t.numel()]
-    for i, (name, out) in enumerate(outs):
-        lo, hi = _span(out)
-        others = [("out", n, t) for n, t in outs[i + 1 :]] + [("input", n, t) for n, t in inputs]
-        for kind, other_name, other in others:
-            if other.device != out.device:
-                continue
-            olo, ohi = _extent(other)
-            if lo < ohi and olo < hi:
-                raise OutputError(
-                    f"{label} {name!r}: buffer overlaps {kind} {other_name!r} in memory; "
-                    f"outputs need memory of their own, pass a separate tensor",
-                    kind="out" if label == "out" else "output",
-                    name=name,
-                )
-
-
-def fits_storage(name: str, tensor: torch.Tensor, shape: Sequence[int]) -> int:
-    """For ``BoundCall.resize``: the end of ``shape`` from ``tensor``'s place in its storage (base +
-    offset: an empty tensor's ``data_ptr()`` is null); a ShapeError naming input ``name`` if the
-    storage ends sooner."""
-    count = tensor.element_size()
-    for size in shape:
-        count *= size
-    storage = tensor.untyped_storage()
-    address = storage.data_ptr() + int(tensor.storage_offset()) * tensor.element_size()
-    room = storage.data_ptr() + storage.nbytes() - address
-    if count > room:
-        raise ShapeError(
-            f"resize {name!r}: shape {tuple(shape)} needs {count} bytes from where the input is bound, but its "
-            f"storage holds {room} from there; bind a tensor of a larger buffer first",
-            kind="input",
-            name=name,
-        )
-    return address + count
-
-
-def from_capsule(capsule: Any, shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A tensor over an output ORT allocated, from its DLPack capsule (``None`` for an empty output).
-
-    The tensor owns the ORT value through DLPack's deleter, so it stays valid after later runs.
-    """
-    if capsule is None:
-        return torch.empty(tuple(shape), dtype=dtype, device=device)
-    tensor = torch.utils.dlpack.from_dlpack(capsule)
-    if dtype is torch.bool:
-        tensor = tensor.view(torch.bool)  # DLPack carries bool as uint8
-    return tensor
-
-
-def dlpack_supported(spec: TensorSpec) -> bool:
-    """Whether ORT can hand an output of this type over through DLPack (float8 it cannot)."""
-    row = from_onnx(spec.elem_type)
-    return row is not None and (row.numpy is not None or row.torch is torch.bfloat16)
 
 
 class CudaStreamOrder:

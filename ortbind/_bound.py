@@ -16,9 +16,8 @@ from typing import TYPE_CHECKING, Any
 import onnxruntime as ort
 import torch
 
-from . import _binding, _held
+from . import _binding, _held, _overlap
 from ._binding import dispatch_modes, function_mode_enabled, without_modes
-from ._outputs import as_shape
 from ._plan import INDEX, NAME, PASSTHROUGH, SHAPE, Slot
 from ._prepared import BoundState, Uncopyable
 from .errors import ConfigError, InputError, RunError, ShapeError
@@ -153,7 +152,7 @@ class BoundCall(Uncopyable):
                 for index in shared.values():
                     del reads[index]  # a shared buffer's output must follow it: the general path
         state = BoundState(feeds, signature, plan, prepared, held, held_at, tuple(refresh), tuple(subclassed), reads)
-        state.written_at = _binding.spans(prepared.written) if reads is not None else ()
+        state.written_at = _overlap.spans(prepared.written) if reads is not None else ()
         return state
 
     def _check_graph(self, slots: Sequence[Slot], plan: Plan) -> None:
@@ -245,41 +244,42 @@ class BoundCall(Uncopyable):
                         kind="input",
                         name=name,
                     )
-            if self.graph_id is None and self._resize_in_place(state, shapes):
+            wanted = {}
+            for name, dims in shapes.items():  # read once, checked: no caller's code runs from here on
+                self._engine.inputs.require(name)
+                wanted[name] = _overlap.resize_shape(name, dims)
+            if self.graph_id is None and self._resize_in_place(state, wanted):
                 return
-            self._rebind({name: self._view(state, name, dims) for name, dims in shapes.items()})
+            self._rebind({name: self._view(state, name, shape) for name, shape in wanted.items()})
         finally:
             self._lock.release()
 
-    def _view(self, state: BoundState, name: str, dims: Sequence[int]) -> torch.Tensor:
-        """The bound input ``name``'s memory with shape ``dims`` (a view, checked against its storage)."""
-        index = self._engine.inputs.require(name)
-        shape = _resized_shape(name, dims)
-        tensor = state.prepared.tensors[index]
-        _binding.fits_storage(name, tensor, shape)
+    def _view(self, state: BoundState, name: str, shape: torch.Size) -> torch.Tensor:
+        """The bound input ``name``'s memory with ``shape`` (a view, checked against its storage)."""
+        tensor = state.prepared.tensors[self._engine.inputs.index[name]]
+        _overlap.fits_storage(name, tensor, shape)
         strides = [1] * len(shape)
         for axis in range(len(shape) - 2, -1, -1):
             strides[axis] = strides[axis + 1] * shape[axis + 1]
         return torch.as_strided(tensor, shape, strides, tensor.storage_offset())
 
-    def _resize_in_place(self, state: BoundState, shapes: Mapping[str, Sequence[int]]) -> bool:
+    def _resize_in_place(self, state: BoundState, shapes: Mapping[str, torch.Size]) -> bool:
         """Bind the new shapes at the same addresses when no output's shape follows them; whether it did."""
         if state.reads is None:
             return False
         inputs = self._engine.inputs
         signature = list(state.signature)
         changes = []
-        for name, dims in shapes.items():
-            index = inputs.require(name)
-            shape = _resized_shape(name, dims)
+        for name, shape in shapes.items():
+            index = inputs.index[name]
             if not self._keeps_outputs(state, index, shape, signature[index]):
                 return False
             tensor = state.prepared.tensors[index]
-            end = _binding.fits_storage(name, tensor, shape)
+            end = _overlap.fits_storage(name, tensor, shape)
             address = tensor.data_ptr()
             if end == address:
                 return False  # empty: the general path binds it as ORT takes empty tensors
-            if _binding.overlaps(tensor, address, end, state.written_at):
+            if _overlap.overlaps(tensor, address, end, state.written_at):
                 return False  # grown into an output's memory: the general path says why not
             signature[index] = shape
             changes.append((index, shape, address, _held.hold("input", name, tensor, end)))
@@ -375,7 +375,7 @@ class BoundCall(Uncopyable):
             if tensor is not value or not self._keeps_outputs(state, index, shape, signature[index]):
                 return False
             start = tensor.data_ptr()
-            if _binding.overlaps(tensor, start, start + tensor.nbytes, state.written_at):
+            if _overlap.overlaps(tensor, start, start + tensor.nbytes, state.written_at):
                 return False  # an output's memory: the general path allocates another or says why not
             signature[index] = shape
         inputs = self._engine.inputs
@@ -497,12 +497,3 @@ def _busy(what: str) -> RunError:
         f"bind one per thread",
         kind="run",
     )
-
-
-def _resized_shape(name: str, dims: object) -> torch.Size:
-    shape = as_shape(dims)
-    if shape is None:
-        raise ShapeError(
-            f"resize {name!r}: expected a sequence of ints in [0, 2**63), got {dims!r}", kind="input", name=name
-        )
-    return torch.Size(shape)

@@ -26,11 +26,11 @@ import torch
 from ._binding import dispatch_modes, function_mode_enabled, without_modes
 from ._execute import Executor
 from ._inputs import InputChecker
-from ._outputs import OutputChecker, as_shape
+from ._outputs import OutputChecker
 from ._plan import NAME, Plan, PlanCache, Signature, Slot, fixed
 from ._runoptions import RunPolicy
 from ._shapes import OutputPlan
-from ._typecheck import is_mapping
+from ._typecheck import as_shape, is_mapping
 from .errors import InputError, OutputError, ShapeError
 
 __all__ = ["Engine"]

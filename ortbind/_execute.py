@@ -20,15 +20,15 @@ from typing import Any
 import onnxruntime as ort
 import torch
 
-from . import _binding
+from . import _binding, _overlap
 from ._binding import Binding, CudaStreamOrder
+from ._handover import collect, dlpack_supported
 from ._held import Held, check_held
 from ._inputs import InputChecker
 from ._metadata import ModelSpec
-from ._ort import BindRefusedError, OrtCalls, OutputRefusedError, unretried
+from ._ort import BindRefusedError, OrtCalls, OutputRefusedError, not_rerun, unretried
 from ._outputs import allocators, check_given, deliver, no_dlpack, unsupported_output
 from ._plan import (
-    DTYPE,
     ELEM_TYPE,
     EXPECTED,
     INDEX,
@@ -47,7 +47,7 @@ from ._plan import (
 )
 from ._prepared import Prepared
 from ._shapes import format_shape
-from .errors import InputError, RunError
+from .errors import InputError
 
 __all__ = ["Executor", "Prepared"]
 
@@ -94,7 +94,7 @@ class Executor:
         # Reentrant: a run of a prepared call holds it through the collection of ORT's outputs.
         self.lock = threading.RLock() if serial else None
         self.ort_device = _binding.make_ort_device(device)
-        self.dlpack_ok = tuple(_binding.dlpack_supported(s) for s in spec.outputs)
+        self.dlpack_ok = tuple(dlpack_supported(s) for s in spec.outputs)
         self.allocate = allocators(spec, device)
         self._local = threading.local()
 
@@ -179,7 +179,7 @@ class Executor:
                     # Not where an input now is (a loop feeding an output back): ORT would read what it writes.
                     if kept is not None and kept.shape == shape:
                         start = kept.data_ptr()
-                        if not _binding.overlaps(kept, start, start + kept.nbytes, _binding.spans(tensors)):
+                        if not _overlap.overlaps(kept, start, start + kept.nbytes, _overlap.spans(tensors)):
                             buffer = kept
                     if buffer is None:
                         buffer = self.allocate[slot[INDEX]](*slot[SIZES])
@@ -365,8 +365,8 @@ class Executor:
                         signature, plan, [s[INDEX] for s in loosen], "ONNX Runtime refused its predicted buffer"
                     )
                     self._reprepare(prepared, [loosened(s) if s in loosen else s for s in prepared.slots])
-                    raise self._not_rerun(
-                        prepared,
+                    raise not_rerun(
+                        self._shared_names(prepared),
                         names,
                         f"ONNX Runtime refused its predicted buffer ({refusal.text})",
                         "let ONNX Runtime allocate it",
@@ -400,8 +400,8 @@ class Executor:
                 self._reprepare(prepared, [verified[s[INDEX]] if s[INDEX] in shape_only else s for s in prepared.slots])
                 if prepared.shared:  # the run wrote the shared inputs: a rerun would read that
                     names = [self.spec.outputs[i].name for i in shape_only]
-                    raise self._not_rerun(
-                        prepared,
+                    raise not_rerun(
+                        self._shared_names(prepared),
                         names,
                         "its shape was not known before this run, and ONNX Runtime cannot hand over a float8 "
                         "output it allocated",
@@ -417,16 +417,8 @@ class Executor:
             _increment_version(prepared.written)
         return results, plan
 
-    def _not_rerun(self, prepared: Prepared, outputs: Sequence[str], why: str, later: str) -> RunError:
-        """The error for a call that shares buffers, whose run would have to be repeated to give ``outputs``."""
-        shared = ", ".join(sorted(repr(self.inputs.specs[i].name) for i in (prepared.shared or {}).values()))
-        return RunError(
-            f"output {', '.join(map(repr, outputs))}: {why}; this run had already written the shared input "
-            f"{shared} in place (share=), and a rerun would read what it wrote, so the call was not rerun and "
-            f"its outputs are lost. Later calls {later}: put {shared} back as it was and call again",
-            kind="output",
-            name=outputs[0] if len(outputs) == 1 else None,
-        )
+    def _shared_names(self, prepared: Prepared) -> list[str]:
+        return sorted(self.inputs.specs[i].name for i in (prepared.shared or {}).values())
 
     def _reprepare(self, prepared: Prepared, slots: list[Slot]) -> None:
         """Re-bind ``prepared`` in place on a fresh binding with other slots (after a refusal); inputs
@@ -452,7 +444,10 @@ class Executor:
             lock.acquire()
         try:
             self._run(prepared.binding.io, prepared.tensors, prepared.written, options, asynchronous)
-            return self._collect(prepared, transient) if prepared.pending else []
+            if not prepared.pending:
+                return []
+            stream = None if self.order is None else self.order.stream
+            return collect(prepared, transient, self.dlpack_ok, self.spec, self.device, self.lock is not None, stream)
         finally:
             if lock is not None:
                 lock.release()
@@ -487,43 +482,3 @@ class Executor:
         finally:
             if lock is not None:
                 lock.release()
-
-    def _collect(self, prepared: Prepared, transient: bool) -> list[tuple[tuple[int, ...], torch.Tensor | None]]:
-        """Take over the outputs ORT allocated, through DLPack (float8: their shapes only)."""
-        got: list[tuple[tuple[int, ...], Any]] = []
-        io = prepared.binding.io
-        with _RUN:
-            values = io.get_outputs()  # a view into the binding: convert before clearing it
-            for position, slot, _ in prepared.pending:
-                value = values[position]
-                shape = tuple(value.shape())
-                handover = self.dlpack_ok[slot[INDEX]] and all(shape)
-                got.append((shape, value.to_dlpack() if handover else None))
-            del values
-            if transient:
-                # The binding holds a reference to what ORT allocated; drop it so the memory lives
-                # exactly as long as the caller's tensors, not until this thread's next call.
-                io.clear_binding_outputs()
-        if transient:
-            prepared.binding.outputs = None
-        produced: list[tuple[tuple[int, ...], torch.Tensor | None]] = []
-        cloned = False
-        for (shape, capsule), (_, slot, _) in zip(got, prepared.pending):
-            if capsule is None and not self.dlpack_ok[slot[INDEX]] and all(shape):
-                if not slot[PREDICTED] or slot[EXPECTED] is None:
-                    raise no_dlpack(self.spec.outputs[slot[INDEX]], slot[REASON])
-                produced.append((shape, None))
-                continue
-            assert slot[DTYPE] is not None
-            tensor = _binding.from_capsule(capsule, shape, slot[DTYPE], self.device)
-            if self.lock is not None and capsule is not None:
-                # In a CUDA-graph session ORT's arena blocks are shared with captured graphs, whose
-                # replays write into them without allocating: hand over a copy in torch's memory.
-                tensor = tensor.clone()
-                cloned = True
-            produced.append((shape, tensor))
-        if cloned and self.order is not None and self.order.stream is not None:
-            # ORT frees its blocks now, but the copies are still queued on torch's stream: later work
-            # on ORT's stream (a replay) must wait for them.
-            self.order.stream.wait_stream(torch.cuda.current_stream(self.device))
-        return produced

@@ -15,6 +15,7 @@ outputs whose shapes it had predicted. They are tested against each supported OR
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Final
 
@@ -28,6 +29,7 @@ __all__ = [
     "OutputRefusedError",
     "from_ort",
     "is_output_refusal",
+    "not_rerun",
     "refused_output",
     "translate",
     "unretried",
@@ -177,6 +179,19 @@ def unretried(
     if first is not None:
         return RunError(f"{refusal} (first attempt: {first.text})", kind="run", name=name)
     return RunError(str(refusal), kind="run", name=name)
+
+
+def not_rerun(shared: Sequence[str], outputs: Sequence[str], why: str, later: str) -> RunError:
+    """The error for a call that shares buffers (``shared``: the inputs written in place), whose run would
+    have to be repeated to give ``outputs``: a rerun would read what the first run wrote."""
+    inputs = ", ".join(map(repr, shared))
+    return RunError(
+        f"output {', '.join(map(repr, outputs))}: {why}; this run had already written the shared input "
+        f"{inputs} in place (share=), and a rerun would read what it wrote, so the call was not rerun and "
+        f"its outputs are lost. Later calls {later}: put {inputs} back as it was and call again",
+        kind="output",
+        name=outputs[0] if len(outputs) == 1 else None,
+    )
 
 
 class OrtCalls:

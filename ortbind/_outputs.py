@@ -7,47 +7,19 @@ ORT-allocated ones with :func:`deliver`.
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
-from . import _binding
+from . import _binding, _overlap
 from ._metadata import ModelSpec, TensorSpec
 from ._plan import EXPECTED, INDEX, NAME, PASSTHROUGH, PREDICTED, PROBLEM, PlanCache, Slot, fixed
 from ._shapes import format_dims, format_shape
-from ._typecheck import is_mapping, is_tensor, named, plain_str
+from ._typecheck import as_shape, is_mapping, is_tensor, named, plain_str
 from .errors import DTypeError, InputError, ModelError, OrtbindError, OutputError, ShapeError
 
-__all__ = ["OutputChecker", "allocators", "as_shape", "deliver", "mapping_of", "no_dlpack", "unsupported_output"]
-
-
-_INT64 = 1 << 63
-
-
-def as_shape(dims: object) -> tuple[int, ...] | None:
-    """``dims`` as a tuple of ints in ``[0, 2**63)`` (numpy and torch ints accepted), or ``None``."""
-    if type(dims) is tuple:  # the common case, without a generator (resolve_shapes is in decoder loops)
-        for dim in dims:
-            if type(dim) is not int or not 0 <= dim < _INT64:
-                break
-        else:
-            return dims
-    if isinstance(dims, (str, bytes)) or not isinstance(dims, Sequence | torch.Size):
-        return None
-    shape = []
-    for dim in dims:
-        if isinstance(dim, bool):
-            return None
-        try:
-            size = operator.index(dim)
-        except TypeError:
-            return None
-        if size < 0 or size >= 1 << 63:
-            return None
-        shape.append(size)
-    return tuple(shape)
+__all__ = ["OutputChecker", "allocators", "deliver", "mapping_of", "no_dlpack", "unsupported_output"]
 
 
 def unsupported_output(spec: TensorSpec) -> ModelError:
@@ -324,7 +296,7 @@ class OutputChecker:
                 )
         # ORT writes a shared input while it runs: no other input may live in that memory.
         names = list(inputs)
-        _binding.check_no_overlap(
+        _overlap.check_no_overlap(
             ((o, tensors[i]) for o, i in result.items()),
             ((names[i], t) for i, t in enumerate(tensors) if i not in result.values()),
             label="share",
@@ -390,7 +362,7 @@ class OutputChecker:
         for input_name, tensor, caller in zip(input_names, tensors, callers):
             if caller is not tensor and is_tensor(caller):
                 inputs.append((input_name, _binding.plain(caller)))
-        _binding.check_no_overlap(buffers.items(), inputs)
+        _overlap.check_no_overlap(buffers.items(), inputs)
         return buffers
 
 

@@ -11,8 +11,9 @@ from typing import Any
 
 import torch
 
-from ._binding import Binding, Span
+from ._binding import Binding
 from ._held import Held
+from ._overlap import Span
 from ._plan import Plan, Slot
 from .errors import ConfigError
 
@@ -83,7 +84,7 @@ class BoundState:
             those axes alone keeps the plan and the outputs. ``None``: every rebind re-plans.
         held_at: Input index -> its record's position in ``held``.
         resized: Input index -> the shape :meth:`BoundCall.resize` bound it with.
-        written_at: Where the outputs ORT writes lie (:func:`~._binding.spans`), for the steps that
+        written_at: Where the outputs ORT writes lie (:func:`~._overlap.spans`), for the steps that
             keep them (``reads`` not ``None``): an input must not be re-bound over them.
     """
 

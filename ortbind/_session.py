@@ -20,14 +20,15 @@ from ._engine import Engine
 from ._execute import Executor
 from ._inference import ShapeInferencer
 from ._inputs import InputChecker
+from ._interface import check_flags, check_interface, host_memory_inputs
 from ._metadata import ModelSource, ModelSpec, TensorSpec, read_spec
 from ._outputs import OutputChecker, mapping_of
 from ._plan import DEFAULT_SIZE, PlanCache, device_capacity
 from ._prepared import Uncopyable
 from ._providers import ProviderSpec
 from ._runoptions import RunPolicy
-from ._shapes import OutputPlan, ShapeProgram, format_dims
-from .errors import ConfigError, ModelError, ShapeError
+from ._shapes import OutputPlan, ShapeProgram
+from .errors import ConfigError, ShapeError
 
 __all__ = ["BoundCall", "TorchSession"]
 
@@ -122,7 +123,7 @@ class TorchSession(Uncopyable):
         verify_shapes: bool | None = None,
         plan_cache_size: int = DEFAULT_SIZE,
     ) -> None:
-        _check_flags(
+        check_flags(
             strict=strict,
             allow_copy=allow_copy,
             allow_cpu_fallback=allow_cpu_fallback,
@@ -187,7 +188,7 @@ class TorchSession(Uncopyable):
                 CUDA-graph capture is on, or ``synchronize=False`` without a known stream.
             ModelError: The model cannot be found or read.
         """
-        _check_flags(strict=strict, allow_copy=allow_copy, synchronize=synchronize, verify_shapes=verify_shapes)
+        check_flags(strict=strict, allow_copy=allow_copy, synchronize=synchronize, verify_shapes=verify_shapes)
         self = cls.__new__(cls)
         loaded = _loader.adopt(session, device, model)
         self._setup(
@@ -220,7 +221,7 @@ class TorchSession(Uncopyable):
         self._session = loaded.session
         self._device = device = loaded.device
         self._stream = loaded.stream
-        _check_interface(spec, loaded.session)
+        check_interface(spec, loaded.session)
         on_cuda = device.type == "cuda"
         for name, value in (("max_output_bytes", max_output_bytes), ("plan_cache_size", plan_cache_size)):
             if (value is not None or name == "plan_cache_size") and (
@@ -237,7 +238,7 @@ class TorchSession(Uncopyable):
                 name="cuda_graph",
             )
         self._max_output_bytes = max_output_bytes or device_capacity(device)
-        host = _host_memory_inputs(loaded.session) if on_cuda else frozenset()
+        host = host_memory_inputs(loaded.session) if on_cuda else frozenset()
         cpu = torch.device("cpu")
         devices = [cpu if s.name in host else device for s in spec.inputs]
         inputs = InputChecker(spec.inputs, devices, allow_copy, spec.overridable)
@@ -453,77 +454,3 @@ class TorchSession(Uncopyable):
             with _binding.without_modes():
                 return BoundCall(self._engine, feeds, output_names, out, share)
         return BoundCall(self._engine, feeds, output_names, out, share)
-
-
-def _check_flags(**flags: object) -> None:
-    """Each on/off option a bool (``verify_shapes`` may be ``None``: the device's default); "no" or 0 is not one."""
-    for name, value in flags.items():
-        if type(value) is not bool and not (value is None and name == "verify_shapes"):
-            also = ", or None for the device's default" if name == "verify_shapes" else ""
-            raise ConfigError(f"{name}: expected True or False{also}, got {value!r}", kind="option", name=name)
-
-
-def _check_interface(spec: ModelSpec, session: ort.InferenceSession) -> None:
-    """Refuse inputs ortbind cannot bind, and a model that is not the one ORT loaded."""
-    for tensor in spec.inputs:
-        if tensor.unsupported:
-            raise ModelError(
-                f"input {tensor.name!r}: {tensor.unsupported}; "
-                f"run this model with onnxruntime.InferenceSession instead",
-                kind="input",
-                name=tensor.name,
-            )
-    session_inputs = session.get_inputs()
-    session_outputs = list({o.name: o for o in session.get_outputs()}.values())
-    for what, ours, theirs in (("inputs", spec.inputs, session_inputs), ("outputs", spec.outputs, session_outputs)):
-        if [s.name for s in ours] != [t.name for t in theirs]:
-            raise ModelError(
-                f"model: its graph declares {what} {[s.name for s in ours]} but the ONNX Runtime session has "
-                f"{[t.name for t in theirs]}; the model file is inconsistent, or another model was passed to "
-                f"from_session(model=...)",
-                kind="model",
-            )
-    by_name = {s.name: s for s in spec.inputs}
-    for output in spec.outputs:
-        source = by_name.get(output.name)
-        if source is not None and source.elem_type != output.elem_type:
-            raise ModelError(
-                f"output {output.name!r}: it is input {output.name!r} passed through, but the model declares it "
-                f"{output.elem_type_name} and the input {source.elem_type_name}; fix the model's declarations",
-                kind="model",
-                name=output.name,
-            )
-    for what, ours, theirs in (("inputs", spec.inputs, session_inputs), ("outputs", spec.outputs, session_outputs)):
-        for mine, its in zip(ours, theirs):
-            # ortbind binds by the declared type: one that is not the session's would be refused at every run.
-            if mine.dtype is not None and mine.type_str != its.type:
-                raise ModelError(
-                    f"{what[:-1]} {mine.name!r}: the model declares {mine.type_str} but the ONNX Runtime session has "
-                    f"{its.type}; another model was passed to from_session(model=...), or the session's model "
-                    f"file was found elsewhere (a relative path read from another working directory)",
-                    kind="model",
-                    name=mine.name,
-                )
-    for mine, its in zip(spec.inputs, session_inputs):
-        # ORT reports an input's declared dims ([] also when none are declared): ortbind checks by its own.
-        if mine.dims is not None and its.shape and len(its.shape) != len(mine.dims):
-            raise ModelError(
-                f"input {mine.name!r}: the model declares {len(mine.dims)} dims {format_dims(mine.dims)} but the ONNX "
-                f"Runtime session has {len(its.shape)} ({its.shape}); another model was passed to "
-                f"from_session(model=...), or the session's model file was found elsewhere",
-                kind="model",
-                name=mine.name,
-            )
-
-
-def _host_memory_inputs(session: ort.InferenceSession) -> frozenset[str]:
-    """Inputs a CUDA session keeps in host memory (shape tensors and the like); ORT >= 1.23."""
-    infos = getattr(session, "get_input_memory_infos", None)
-    if infos is None:
-        return frozenset()
-    try:
-        located = infos()
-    except Exception:  # an ORT that has the method but cannot answer for this session
-        return frozenset()
-    names = [i.name for i in session.get_inputs()]
-    return frozenset(name for name, info in zip(names, located) if getattr(info, "name", "") == "Cpu")

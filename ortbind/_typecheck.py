@@ -1,4 +1,4 @@
-"""What kind of object the caller passed, told by its type; names made plain strings.
+"""What kind of object the caller passed, told by its type; names made plain strings, dims shapes.
 
 ``isinstance`` also believes an object's ``__class__`` attribute, which a property can set to
 anything: an object claiming ``torch.Tensor`` or ``dict`` that way passed ``isinstance`` and failed
@@ -7,12 +7,15 @@ later inside torch with a raw ``AttributeError``. Every check of a caller's obje
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any, TypeGuard
+import operator
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Final, TypeGuard
 
 import torch
 
-__all__ = ["is_mapping", "is_tensor", "named", "plain_str"]
+_INT64: Final = 1 << 63
+
+__all__ = ["as_shape", "is_mapping", "is_tensor", "named", "plain_str"]
 
 
 def is_tensor(value: object) -> TypeGuard[torch.Tensor]:
@@ -48,3 +51,27 @@ def named(pairs: Mapping[Any, Any], what: str, error: Callable[[str, object], Ex
             raise error(f"{what}: expected names (str) as keys, got {type(key).__name__} {key!r}", key)
         result[name] = value
     return result
+
+
+def as_shape(dims: object) -> tuple[int, ...] | None:
+    """``dims`` as a tuple of ints in ``[0, 2**63)`` (numpy and torch ints accepted), or ``None``."""
+    if type(dims) is tuple:  # the common case, without a generator (resolve_shapes is in decoder loops)
+        for dim in dims:
+            if type(dim) is not int or not 0 <= dim < _INT64:
+                break
+        else:
+            return dims
+    if isinstance(dims, (str, bytes)) or not isinstance(dims, Sequence | torch.Size):
+        return None
+    shape = []
+    for dim in dims:
+        if isinstance(dim, bool):
+            return None
+        try:
+            size = operator.index(dim)
+        except TypeError:
+            return None
+        if size < 0 or size >= 1 << 63:
+            return None
+        shape.append(size)
+    return tuple(shape)
