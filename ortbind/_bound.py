@@ -97,9 +97,9 @@ class BoundCall(Uncopyable):
     ) -> tuple[Plan, list[Any], dict[str, torch.Tensor] | None, dict[str, int] | None]:
         """Plan and check the outputs for these inputs (bound as ``tensors``, given as ``feeds``); binds nothing."""
         engine = self._engine
-        plan = engine.plans.get(signature)
+        plan = engine.plans.plan(signature)
         if not plan.verified and any(plan.unchecked(i) for i in self._indices):
-            plan = engine.verify(dict(zip(engine.inputs.names, tensors)), self._indices, signature)
+            plan = engine.verify(dict(zip(engine.inputs.names, tensors)), self._indices, signature, self._out or None)
         given = [feeds[name] for name in engine.inputs.names]
         slots, buffers, shared = engine.outputs_for(
             plan, self._indices, tensors, given, self._out or None, None, self._share or None

@@ -101,7 +101,7 @@ class Engine:
         try:
             binding.busy = True  # in the try: an interrupt just before it cannot leave it busy for good
             tensors, signature, given = self.inputs.check(feeds, binding)
-            plan = self.plans.get(signature)
+            plan = self.plans.plan(signature)
             if indices is every and out is None and output_shapes is None and share is None:
                 if plan.simple:
                     return executor.fresh(binding, tensors, signature, plan, options, asynchronous)
@@ -114,7 +114,7 @@ class Engine:
                 ):
                     # A float8 prediction is checked by a run that gives its shape only, then a second run:
                     # with shared buffers, that second run would read what the first wrote. Check it apart.
-                    plan = self.verify(dict(zip(self.inputs.names, tensors)), indices, signature)
+                    plan = self.verify(dict(zip(self.inputs.names, tensors)), indices, signature, out)
                 slots, buffers, shared = self.outputs_for(plan, indices, tensors, given, out, output_shapes, share)
                 prepared = executor.prepare(binding, tensors, slots, buffers, shared)
             results, _ = executor.execute(prepared, signature, plan, options, asynchronous, transient=True)
@@ -163,10 +163,17 @@ class Engine:
             buffers = self.outputs.buffers(out, slots, tensors, names, shared, given) or None
         return slots, buffers, shared
 
-    def verify(self, feeds: Mapping[str, torch.Tensor], indices: Sequence[int], signature: Signature) -> Plan:
-        """Run once with ORT allocating the predicted outputs, so the plan learns their true shapes."""
-        self.call(feeds, [self.outputs.spec.outputs[i].name for i in indices], None, None, None, None, True)
-        return self.plans.get(signature)
+    def verify(
+        self,
+        feeds: Mapping[str, torch.Tensor],
+        indices: Sequence[int],
+        signature: Signature,
+        out: Mapping[str, torch.Tensor] | None = None,
+    ) -> Plan:
+        """Run once with ORT allocating the predicted outputs, so the plan learns their true shapes (``out=``
+        buffers receive the values: a float8 output comes back through its buffer only)."""
+        self.call(feeds, [self.outputs.spec.outputs[i].name for i in indices], out, None, None, None, True)
+        return self.plans.plan(signature)
 
     def resolve(self, input_shapes: object) -> dict[str, OutputPlan]:
         """How each output would be allocated for inputs of these shapes, without running."""
@@ -194,5 +201,5 @@ class Engine:
         if len(input_shapes) != len(shapes):
             for name in input_shapes:
                 self.inputs.require(name)
-        plan = self.plans.get(tuple(shapes))  # type: ignore[arg-type]  # tuples hash and compare as torch.Size
+        plan = self.plans.plan(tuple(shapes))  # type: ignore[arg-type]  # tuples hash and compare as torch.Size
         return dict(zip(self.outputs.names, plan.outputs()))

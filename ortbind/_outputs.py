@@ -14,7 +14,7 @@ import torch
 
 from . import _binding, _overlap
 from ._metadata import ModelSpec, TensorSpec
-from ._plan import EXPECTED, INDEX, NAME, PASSTHROUGH, PREDICTED, PROBLEM, PlanCache, Slot, fixed
+from ._plan import BEYOND_LIMIT, EXPECTED, INDEX, NAME, PASSTHROUGH, PREDICTED, PROBLEM, SHAPE, PlanCache, Slot, fixed
 from ._shapes import format_dims, format_shape
 from ._typecheck import as_shape, is_mapping, is_tensor, named, plain_str
 from .errors import DTypeError, InputError, ModelError, OrtbindError, OutputError, ShapeError
@@ -32,7 +32,16 @@ def unsupported_output(spec: TensorSpec) -> ModelError:
 
 
 def no_dlpack(spec: TensorSpec, reason: str) -> ShapeError:
-    """The error for an output of a type ORT cannot hand over (float8) whose shape is unknown ahead."""
+    """The error for an output of a type ORT cannot hand over (float8) whose shape is unknown ahead, or
+    known but beyond ``max_output_bytes``."""
+    if BEYOND_LIMIT in reason:
+        return ShapeError(
+            f"output {spec.name!r}: its shape is known but left to ONNX Runtime ({reason}), which cannot hand "
+            f"{spec.elem_type_name} tensors over through DLPack; pass out={{{spec.name!r}: buffer}} or raise "
+            f"max_output_bytes",
+            kind="output",
+            name=spec.name,
+        )
     return ShapeError(
         f"output {spec.name!r}: its shape cannot be resolved before the run ({reason or 'no rule applies'}), and "
         f"ONNX Runtime cannot hand {spec.elem_type_name} tensors over through DLPack; pass "
@@ -81,26 +90,30 @@ class OutputChecker:
         Raises:
             OutputError: Not a sequence of names, an unknown name, or a name given twice.
         """
-        if isinstance(output_names, str):
+        single = plain_str(output_names)
+        if single is not None:
             raise OutputError(
-                f"output_names: expected a sequence of names, got the string {output_names!r}; pass [{output_names!r}]",
+                f"output_names: expected a sequence of names, got the string {single!r}; pass [{single!r}]",
                 kind="output",
-                name=output_names,
+                name=single,
             )
         if not isinstance(output_names, Sequence):
             raise OutputError(
-                f"output_names: expected a sequence of output names, got {type(output_names).__name__}",
+                f"output_names: expected a sequence of output names, got {type(output_names).__name__}; pass a list "
+                f"of names",
                 kind="output",
             )
-        indices = []
-        for name in output_names:
-            index = self.index.get(name) if isinstance(name, str) else None
-            if index is None:
-                raise OutputError(self.unknown_message(str(name)), kind="output", name=str(name))
-            indices.append(index)
-        if len(set(indices)) != len(indices):
-            raise OutputError(f"output_names: {list(output_names)} names an output twice", kind="output")
-        selected = tuple(indices)
+        names = []
+        for given in list(output_names):  # read once; each name as a plain str (a subclass's __hash__ could lie)
+            name = plain_str(given)
+            if name is None or name not in self.index:
+                raise OutputError(self.unknown_message(str(given)), kind="output", name=str(given))
+            if name in names:
+                raise OutputError(
+                    f"output_names: {name!r} is named twice; name each output once", kind="output", name=name
+                )
+            names.append(name)
+        selected = tuple(self.index[name] for name in names)
         return self.all if selected == self.all else selected  # every output, in order: the common call
 
     @staticmethod
@@ -348,10 +361,13 @@ class OutputChecker:
             spec = self.spec.outputs[slot[INDEX]]
             if slot[PROBLEM]:
                 raise unsupported_output(spec)
-            # A pass-through output is the input itself: its buffer must have the input's shape.
+            # A pass-through output is the input itself: its buffer must have the input's shape. A prediction
+            # no run has confirmed yet is not held against the buffer: the run computes it with ORT
+            # allocating, and the buffer is compared with what it produced before it receives a copy.
             source = slot[PASSTHROUGH]
             passthrough = source is not None
-            expected = tensors[source].shape if source is not None else slot[EXPECTED]
+            unconfirmed = slot[PREDICTED] and slot[SHAPE] is None
+            expected = tensors[source].shape if source is not None else None if unconfirmed else slot[EXPECTED]
             buffer = _binding.check_out_buffer(
                 name, spec, value, self.device, expected, slot[PREDICTED] and not passthrough
             )

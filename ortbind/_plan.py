@@ -21,9 +21,11 @@ import torch
 
 from ._metadata import TensorSpec
 from ._shapes import RULES, InferFn, OutputPlan, Rule, Shape, ShapeProgram, format_dims, format_shape
+from ._typecheck import as_shape
 from .errors import ShapeError
 
 __all__ = [
+    "BEYOND_LIMIT",
     "DEFAULT_SIZE",
     "DTYPE",
     "ELEM_TYPE",
@@ -98,6 +100,9 @@ Fields:
     SIZES: What ``new_empty(*sizes)`` takes to allocate ``SHAPE`` (separate ints parse faster
         than one tuple; a scalar's are ``((),)``).
 """
+
+BEYOND_LIMIT: Final = "more than max_output_bytes"
+"""In the reason of an output left to ORT because its known shape is over the size limit."""
 
 INDEX: Final = 0
 NAME: Final = 1
@@ -272,8 +277,33 @@ class PlanCache:
         with self._lock:
             return list(self._plans)
 
-    def get(self, signature: Signature) -> Plan:
-        """The signature's plan, made on first use; a use makes it the most recently used.
+    def get(self, signature: object) -> Plan:
+        """The plan for these input shapes (one per input, in the model's order), made on first use.
+
+        Raises:
+            ShapeError: Not one shape (a sequence of ints in ``[0, 2**63)``) per input, or as :meth:`plan`.
+        """
+        names = self._program.input_names
+        if isinstance(signature, (str, bytes)) or not isinstance(signature, Sequence) or len(signature) != len(names):
+            raise ShapeError(
+                f"signature: expected one shape per input ({', '.join(map(repr, names))}), in that order, got "
+                f"{signature!r}",
+                kind="input",
+            )
+        shapes = []
+        for name, dims in zip(names, signature):
+            shape = as_shape(dims)
+            if shape is None:
+                raise ShapeError(
+                    f"signature: input {name!r}: expected a sequence of ints in [0, 2**63), got {dims!r}",
+                    kind="input",
+                    name=name,
+                )
+            shapes.append(shape)
+        return self.plan(tuple(shapes))  # type: ignore[arg-type]  # tuples hash and compare as torch.Size
+
+    def plan(self, signature: Signature) -> Plan:
+        """The plan of a checked signature, made on first use; a use makes it the most recently used.
 
         Raises:
             ShapeError: An input breaks its declared rank or fixed dims (or, in strict mode,
@@ -305,7 +335,7 @@ class PlanCache:
         spec = self._specs[index]
         reason = (
             f"shape {format_shape(shape)} (declared {format_dims(spec.dims)}) needs {_format_bytes(size)}, "
-            f"more than max_output_bytes ({_format_bytes(self.max_output_bytes)})"
+            f"{BEYOND_LIMIT} ({_format_bytes(self.max_output_bytes)})"
         )
         if rule == OVERRIDE:
             raise ShapeError(

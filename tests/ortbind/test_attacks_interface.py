@@ -220,3 +220,120 @@ def test_feeding_an_overridable_initializer_says_what_it_is() -> None:
         name="w",
     ):
         sess.run({"x": torch.ones(3), "w": torch.zeros(3)})
+
+
+# --------------------------------------------------------------------------- output names, out= and predictions
+
+DOUBLED = parse(f"{OPSET} g (float[N] x) => (float[N] y) {{ y = Concat <axis = 0> (x, x) }}")  # really 2N
+DOUBLED_FLOAT8 = parse(f"""{OPSET}
+g (float[N] x) => (float8e4m3fn[N] y) {{
+    c = Concat <axis = 0> (x, x)
+    y = Cast <to = 17> (c)
+}}""")
+TWO_OUTPUTS = parse(f"{OPSET} g (float[N] x) => (float[N] a, float[N] b) {{ a = Relu(x)\n b = Neg(x) }}")
+
+
+def test_output_names_are_read_as_plain_strings() -> None:
+    class LyingName(str):
+        """Reads 'a' but hashes and compares as 'b'."""
+
+        __slots__ = ()
+
+        def __hash__(self) -> int:
+            return hash("b")
+
+        def __eq__(self, other: object) -> bool:
+            return other == "b"
+
+    sess = ortbind.TorchSession(TWO_OUTPUTS)
+    x = torch.tensor([1.0, -2.0])
+    assert list(sess.run({"x": x}, [LyingName("a")])) == ["a"]
+    assert torch.equal(sess.bind({"x": x}, [LyingName("a")]).run()["a"], torch.relu(x))
+
+
+@pytest.mark.parametrize(
+    ("names", "message", "name"),
+    [
+        (["a", "b", "a"], "output_names: 'a' is named twice; name each output once", "a"),
+        (
+            (n for n in ["a"]),
+            "output_names: expected a sequence of output names, got generator; pass a list of names",
+            None,
+        ),
+        ({"a"}, "output_names: expected a sequence of output names, got set; pass a list of names", None),
+    ],
+    ids=["twice", "generator", "set"],
+)
+def test_output_names_errors_name_the_output_and_the_fix(names: object, message: str, name: str | None) -> None:
+    sess = ortbind.TorchSession(TWO_OUTPUTS)
+    with raises(ortbind.OutputError, message, kind="output", name=name):
+        sess.run({"x": torch.ones(2)}, names)  # type: ignore[arg-type]
+
+
+def test_an_out_buffer_of_the_true_shape_is_taken_while_a_prediction_is_unconfirmed() -> None:
+    """With verify_shapes, a buffer was refused for differing from a prediction no run had checked, and
+    the advice was to pass the predicted (wrong) shape."""
+    sess = ortbind.TorchSession(DOUBLED, verify_shapes=True)
+    x = torch.tensor([1.0, 2.0, 3.0])
+    buffer = torch.empty(6)
+    assert sess.run({"x": x}, out={"y": buffer})["y"] is buffer
+    assert torch.equal(buffer, torch.cat([x, x]))
+    with raises(
+        ortbind.ShapeError,
+        "out 'y': the run produced shape (6,), not the expected (3,) that the dims the model declares or infers "
+        "gave; pass a buffer of shape (6,) (later calls take it)",
+        kind="out",
+        name="y",
+    ):
+        ortbind.TorchSession(DOUBLED, verify_shapes=True).run({"x": x}, out={"y": torch.empty(3)})
+
+
+def test_a_float8_output_is_bound_to_its_out_buffer_when_its_prediction_proves_wrong() -> None:
+    x = torch.tensor([1.0, 2.0, 448.0])
+    expected = torch.cat([x, x]).to(torch.float8_e4m3fn).view(torch.uint8)
+    for _ in range(2):  # the first bind checks the prediction (the float8 values come back in the buffer)
+        sess = ortbind.TorchSession(DOUBLED_FLOAT8, verify_shapes=True)
+        buffer = torch.empty(6, dtype=torch.float8_e4m3fn)
+        got = sess.bind({"x": x}, out={"y": buffer}).run()["y"]
+        assert got is buffer and torch.equal(buffer.view(torch.uint8), expected)
+
+
+def test_a_float8_output_over_the_size_limit_gets_the_advice_that_works() -> None:
+    sess = ortbind.TorchSession(
+        parse(f"{OPSET} g (float[N, 3] x) => (float8e4m3fn[N, 3] y) {{ y = Cast <to = 17> (x) }}"), max_output_bytes=8
+    )
+    x = torch.randn(5, 3)
+    with raises(
+        ortbind.ShapeError,
+        "output 'y': its shape is known but left to ONNX Runtime (shape (5, 3) (declared ['N', 3]) needs 15 B, more "
+        "than max_output_bytes (8 B)), which cannot hand FLOAT8E4M3FN tensors over through DLPack; pass "
+        "out={'y': buffer} or raise max_output_bytes",
+        kind="output",
+        name="y",
+    ):
+        sess(x=x)
+    buffer = torch.empty(5, 3, dtype=torch.float8_e4m3fn)
+    assert sess.run({"x": x}, out={"y": buffer})["y"] is buffer
+    assert torch.equal(buffer.view(torch.uint8), x.to(torch.float8_e4m3fn).view(torch.uint8))
+
+
+@pytest.mark.parametrize(
+    ("signature", "message", "name"),
+    [
+        (((2,),), "signature: expected one shape per input ('x', 'acc'), in that order, got ((2,),)", None),
+        (
+            ((2,), (2,), (1,)),
+            "signature: expected one shape per input ('x', 'acc'), in that order, got ((2,), (2,), (1,))",
+            None,
+        ),
+        (((-2,), (2,)), "signature: input 'x': expected a sequence of ints in [0, 2**63), got (-2,)", "x"),
+        ("xy", "signature: expected one shape per input ('x', 'acc'), in that order, got 'xy'", None),
+    ],
+    ids=["too few", "too many", "negative", "a string"],
+)
+def test_plans_get_checks_the_signature(signature: object, message: str, name: str | None) -> None:
+    sess = ortbind.TorchSession(ACCUMULATE_LYING)
+    with raises(ortbind.ShapeError, message, kind="input", name=name):
+        sess.plans.get(signature)
+    assert sess.plans.signatures() == []
+    assert sess.plans.get([[2], [2]]).entries[0] == ("b", (2,), "")

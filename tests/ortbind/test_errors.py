@@ -188,7 +188,9 @@ def test_output_selection_errors(sess: ortbind.TorchSession) -> None:
     good = feeds()
     with raises(ortbind.OutputError, "output 'q': the model has no such output; its outputs are 'y', 't'"):
         sess.run(good, ["q"])  # type: ignore[arg-type]
-    with raises(ortbind.OutputError, "output_names: ['y', 'y'] names an output twice"):
+    with raises(
+        ortbind.OutputError, "output_names: 'y' is named twice; name each output once", kind="output", name="y"
+    ):
         sess.run(good, ["y", "y"])  # type: ignore[arg-type]
     with raises(ortbind.OutputError, "output_names: expected a sequence of names, got the string 'y'; pass ['y']"):
         sess.run(good, "y")  # type: ignore[arg-type]

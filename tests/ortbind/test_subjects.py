@@ -125,7 +125,7 @@ CASES: list[tuple[str, Callable[[], object], type[ortbind.OrtbindError], str | N
     ("output names a string", lambda: _session().run(_feeds(), "y"), ortbind.OutputError, "output", "y"),  # type: ignore[arg-type]
     ("output names not a sequence", lambda: _session().run(_feeds(), 5), ortbind.OutputError, "output", None),  # type: ignore[arg-type]
     ("unknown output", lambda: _session().run(_feeds(), ["q"]), ortbind.OutputError, "output", "q"),
-    ("output twice", lambda: _session().run(_feeds(), ["y", "y"]), ortbind.OutputError, "output", None),
+    ("output twice", lambda: _session().run(_feeds(), ["y", "y"]), ortbind.OutputError, "output", "y"),
     (
         "unsupported output",
         lambda: _session(_string_output_model()).run({"x": torch.randn(2)}),
