@@ -15,8 +15,11 @@ import sys
 import warnings
 from collections.abc import Sequence
 
+import torch
+
 from ._inference import ShapeInferencer
 from ._metadata import TensorSpec, load_model, read_spec
+from ._plan import PlanCache, device_capacity
 from ._shapes import ShapeProgram, format_dims, format_shape
 from .errors import OrtbindError
 
@@ -86,8 +89,19 @@ def _inspect(args: argparse.Namespace) -> int:
                     kind="input",
                     name=s.name,
                 )
+        # The plans a CPU session makes (resolve_shapes gives the same), its output size limit included.
         program = ShapeProgram.for_specs(spec.inputs, spec.outputs, strict=args.strict)
-        for plan in program.plan(shapes, infer=ShapeInferencer(loaded.proto)):
+        index = {s.name: i for i, s in enumerate(spec.inputs)}
+        plans = PlanCache(
+            program,
+            spec.outputs,
+            [index.get(s.name) for s in spec.outputs],
+            infer=ShapeInferencer(loaded.proto),
+            max_output_bytes=device_capacity(torch.device("cpu")),
+            verify=False,
+            size=1,
+        )
+        for plan in plans.get(shapes).outputs():
             shape_text = "decided by ORT at run time" if plan.shape is None else format_shape(plan.shape)
             resolved[plan.name] = (shape_text, plan.rule.label, plan.reason)
 

@@ -264,8 +264,9 @@ class BoundCall(Uncopyable):
         return torch.as_strided(tensor, shape, strides, tensor.storage_offset())
 
     def _resize_in_place(self, state: BoundState, shapes: Mapping[str, torch.Size]) -> bool:
-        """Bind the new shapes at the same addresses when no output's shape follows them; whether it did."""
-        if state.reads is None:
+        """Bind the new shapes at the same addresses when no output's shape follows them; whether it did
+        (not after a rebind that failed halfway: only the general path binds everything again)."""
+        if state.reads is None or self._broken is not None:
             return False
         inputs = self._engine.inputs
         signature = list(state.signature)
@@ -333,8 +334,8 @@ class BoundCall(Uncopyable):
         # refusing a bind, memory running out) leaves the call unusable until the next
         # successful rebind: never half-bound and runnable.
         self._broken = "its last rebind() failed halfway"
-        for index, tensor in accepted:
-            engine.inputs.bind(binding, index, tensor)
+        for index, tensor in enumerate(tensors):  # every input: a failed rebind may have bound others
+            engine.inputs.bind(binding, index, tensor)  # (a no-op where the binding holds it already)
         prepared = engine.executor.prepare(binding, tensors, slots, buffers, shared, keep=keep)
         self._state = self._state_for(feeds, signature, plan, prepared)
         self._broken = None
@@ -366,9 +367,10 @@ class BoundCall(Uncopyable):
         A decoder step: new ids, a longer mask. ``tensors`` and ``shapes`` are the changed inputs
         as checked. Each must be a plain tensor (no copy, no alias), not a shared output's buffer,
         of its old rank and fixed dims, and equal in every axis the outputs' shapes read. Then
-        only those inputs are bound again; the plan, the outputs and their bindings stay.
+        only those inputs are bound again; the plan, the outputs and their bindings stay. Not after
+        a rebind that failed halfway: only the general path binds everything again.
         """
-        if state.reads is None:
+        if state.reads is None or self._broken is not None:
             return False
         signature = list(state.signature)
         for index, value, tensor, shape in zip(indices, values, tensors, shapes):

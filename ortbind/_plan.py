@@ -426,7 +426,12 @@ class PlanCache:
 
     def unpredicted(self, signature: Signature, plan: Plan, indices: Sequence[int], why: str) -> Plan:
         """Leave outputs ``indices`` to ORT for this signature, and their declared dims for every other: a
-        refused prediction that no rerun could check (a call that shares buffers). Returns the new plan."""
+        refused prediction that no rerun could check (a call that shares buffers). Returns the new plan.
+
+        ``plan``: the plan the call ran with; what is stored builds on the plan of ``signature`` (not the
+        same one after a bound call's step, which keeps its plan while axes no output reads change).
+        """
+        plan = self.plan(signature)
         entries = list(plan.entries)
         distrust = set()
         for index in indices:
@@ -459,9 +464,15 @@ class PlanCache:
         true shape (it infers 0 for a dim of ONNX Attention-23, say): the output it names (or, if
         it names none, every retried one) is left to ORT for this signature, so later calls do not
         pay for a refused run each time.
+
+        What is stored builds on the plan of ``signature``, not on ``plan``: a bound call's step keeps
+        its plan while axes that none of its outputs read change, and the outputs it does not compute
+        may read them.
         """
+        plan = self.plan(signature)
         entries = list(plan.entries)
-        wrong = {i: s for i, s in observed.items() if s != entries[i][1]}
+        # Only what is still a prediction there (another thread may have learned, or the plan been made anew).
+        wrong = {i: s for i, s in observed.items() if entries[i][0] in _PREDICTED and s != entries[i][1]}
         if refusal and not wrong:
             for index, shape in observed.items():
                 if refused is None or self._static[index][1] == refused:

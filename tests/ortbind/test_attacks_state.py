@@ -19,6 +19,7 @@ import pytest
 import torch
 
 import ortbind
+from ortbind import Rule
 
 from ..helpers import raises
 from ..models import parse
@@ -393,3 +394,65 @@ def test_a_copied_subclass_input_is_copied_from_the_callers_tensor_as_it_is_now(
     )
     with raises(ortbind.InputError, message, kind="input", name="x"):
         bound.resize(x=(1, 3))
+
+
+# --------------------------------------------------------------------------- after a rebind that failed halfway
+
+# big's declared dims come to ~360 GB for a = 10 elements: the rebind binds a, then cannot allocate big.
+_HUGE_FOR_TEN = parse(f"""{OPSET}
+g (float[N] a, float[M] b) => (float[N] z, float["(N-1)*100000000000+N"] big, float["2*M"] q) {{
+    z = Add(a, a)
+    big = Identity(a)
+    q = Concat <axis = 0> (b, b)
+}}""")
+
+
+@pytest.mark.parametrize(
+    "recover",
+    [
+        lambda bound, b: bound.rebind(b=b[:5]),  # q reads M: the general path
+        lambda bound, b: bound.resize(b=(5,)),
+    ],
+    ids=["rebind of another input", "resize of another input"],
+)
+@pytest.mark.parametrize("outputs", [["z", "big"], None], ids=["outputs that ignore b", "every output"])
+def test_a_rebind_that_failed_halfway_is_undone_by_the_next_one(recover: Any, outputs: list[str] | None) -> None:
+    """The next rebind of another input cleared the mark while the binding still held the failed rebind's
+    (then freed) tensor: runs read freed memory."""
+    sess = ortbind.TorchSession(_HUGE_FOR_TEN, max_output_bytes=2**52)
+    a, b = torch.tensor([1.0]), torch.ones(8)
+    bound = sess.bind({"a": a, "b": b[:3]}, outputs)
+    bound.run()
+    doomed = torch.arange(10.0) + 100
+    with pytest.raises(RuntimeError, match="allocate"):
+        bound.rebind(a=doomed)  # torch cannot allocate big: its own error, not ORT's
+    with raises(
+        ortbind.RunError, "bound call: its last rebind() failed halfway; rebind() again before running", kind="run"
+    ):
+        bound.run()
+    recover(bound, b)
+    del doomed
+    gc.collect()
+    noise = [torch.full((10,), 7.0) for _ in range(50)]
+    got = bound.run()
+    assert torch.equal(got["z"], torch.tensor([2.0])) and torch.equal(got["big"], a)
+    if outputs is None:
+        assert torch.equal(got["q"], torch.ones(10))
+    del noise
+
+
+def test_a_step_that_keeps_the_plan_learns_for_its_own_signature() -> None:
+    """A step changes axes that none of the bound outputs read and keeps its plan; a refusal learned
+    then stored that plan under the new signature, with the old shapes of the outputs it does not compute."""
+    model = parse(f"""{OPSET}
+    g (float[N] a, float[M] b) => (float[N] y, float["2*M"] q) {{
+        y = Mul(a, b)
+        q = Concat <axis = 0> (b, b)
+    }}""")
+    sess = ortbind.TorchSession(model)
+    bound = sess.bind({"a": torch.ones(1), "b": torch.ones(1)}, ["y"])
+    bound.run()
+    bound.rebind(b=torch.full((4,), 2.0))  # y's declared dims read a only: the plan stays
+    assert torch.equal(bound.run()["y"], torch.full((4,), 2.0))  # y is really [M]: refused, rerun, learned
+    assert sess.resolve_shapes({"a": (1,), "b": (4,)})["q"] == ortbind.OutputPlan("q", Rule.DECLARED, (8,))
+    assert sess.resolve_shapes({"a": (2,), "b": (3,)})["q"] == ortbind.OutputPlan("q", Rule.DECLARED, (6,))

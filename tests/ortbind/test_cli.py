@@ -311,3 +311,22 @@ def test_a_closed_stdout_is_no_traceback(model_path: str) -> None:
     )
     assert done.returncode == 0
     assert done.stderr == b""
+
+
+def test_inspect_plans_as_a_cpu_session_does(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An output over the size limit is left to ORT by a session; inspect said it would be allocated."""
+    path = tmp_path / "model.onnx"
+    text = """<ir_version: 8, opset_import: ["" : 17]>
+    g (float[N] x) => (float[N] y, float["N*1000000000000"] h) {
+        y = Relu(x)
+        one = Constant <value = int64[1] {1000000000000}> ()
+        h = Tile(x, one)
+    }"""
+    path.write_bytes(onnx.parser.parse_model(text).SerializeToString())
+    assert main(["inspect", str(path), "--shape", "x=4", "--json"]) == 0
+    rows = {row["name"]: row["resolved"] for row in json.loads(capsys.readouterr().out)["outputs"]}
+    plans = ortbind.TorchSession(str(path)).resolve_shapes({"x": (4,)})
+    for name, plan in plans.items():
+        shape = "decided by ORT at run time" if plan.shape is None else str(plan.shape)
+        assert rows[name] == {"shape": shape, "rule": plan.rule.label, "reason": plan.reason}
+    assert plans["h"].rule is ortbind.Rule.ORT and "more than max_output_bytes" in plans["h"].reason
