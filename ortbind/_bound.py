@@ -451,7 +451,7 @@ class BoundCall(Uncopyable):
                 graph_id = -1 if self.graph_id is None else self.graph_id
                 options, asynchronous = engine.policy.choose(run_options, synchronize, self._graph, graph_id)
             prepared = state.prepared
-            binding = prepared.binding
+            binding, bound = prepared.binding, prepared.results  # a retry re-binds them in place
             results, plan = engine.executor.execute(
                 prepared,
                 state.signature,
@@ -467,19 +467,20 @@ class BoundCall(Uncopyable):
             if plan is not state.plan or prepared.binding is not binding:
                 # The run taught the plan (a refused or checked prediction): bind the outputs it now
                 # knows, and hand back this run's values in them.
-                self._rebind_outputs(state, prepared)
-                for name, bound in self._state.prepared.results.items():
+                self._rebind_outputs(state, prepared, bound)
+                for name, tensor in self._state.prepared.results.items():
                     value = results.get(name)
-                    if bound is not None and value is not None and value is not bound and value.shape == bound.shape:
-                        results[name] = bound.copy_(value)
+                    if tensor is not None and value is not None and value is not tensor and value.shape == tensor.shape:
+                        results[name] = tensor.copy_(value)
             return results
         finally:
             self._lock.release()
 
-    def _rebind_outputs(self, state: BoundState, prepared: Prepared) -> None:
+    def _rebind_outputs(self, state: BoundState, prepared: Prepared, bound: Mapping[str, torch.Tensor | None]) -> None:
+        """Bind the outputs the plan now knows; those ``bound`` before the run stay where their shapes do."""
         tensors, feeds = self._as_bound(state)
         plan, slots, buffers, shared = self._plan(tensors, state.signature, feeds)
-        keep = {n: t for n, t in prepared.results.items() if t is not None}
+        keep = {n: t for n, t in bound.items() if t is not None}
         again = self._engine.executor.prepare(prepared.binding, tensors, slots, buffers, shared, keep=keep)
         self._state = self._state_for(feeds, state.signature, plan, again)
 

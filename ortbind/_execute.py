@@ -27,7 +27,7 @@ from ._held import Held, check_held
 from ._inputs import InputChecker
 from ._metadata import ModelSpec
 from ._ort import BindRefusedError, OrtCalls, OutputRefusedError, not_rerun, unretried
-from ._outputs import allocators, check_given, deliver, no_dlpack, unsupported_output
+from ._outputs import allocators, check_fits, check_given, deliver, no_dlpack, unsupported_output
 from ._plan import (
     ELEM_TYPE,
     EXPECTED,
@@ -311,6 +311,9 @@ class Executor:
                 self._run(prepared.binding.io, prepared.tensors, prepared.written, options, asynchronous)
             except OutputRefusedError as refusal:
                 refused = refusal
+            except BaseException:
+                _written(prepared, transient)  # ORT may have written some before it failed
+                raise
             else:
                 if transient:
                     if prepared.buffers or prepared.shared:
@@ -335,6 +338,25 @@ class Executor:
         refused: OutputRefusedError | None,
     ) -> tuple[dict[str, torch.Tensor], Plan]:
         """:meth:`execute` beyond the common run: outputs to collect or pass through, refusals to retry."""
+        ran = refused is not None
+        try:
+            return self._retried(prepared, signature, plan, options, asynchronous, transient, retry, refused)
+        except BaseException:
+            if ran or prepared.runs:
+                _written(prepared, transient)  # a run wrote the caller's buffers before this failed
+            raise
+
+    def _retried(
+        self,
+        prepared: Prepared,
+        signature: Signature,
+        plan: Plan,
+        options: ort.RunOptions,
+        asynchronous: bool,
+        transient: bool,
+        retry: bool,
+        refused: OutputRefusedError | None,
+    ) -> tuple[dict[str, torch.Tensor], Plan]:
         first: OutputRefusedError | None = None
         while True:
             try:
@@ -346,6 +368,7 @@ class Executor:
                     with _BIND:
                         for _, slot, _ in prepared.pending:
                             io.bind_output(slot[NAME], device)  # ORT would write into its last allocation
+                prepared.runs += 1  # counted as it starts: a run that fails may have written buffers
                 produced = self._run_prepared(prepared, options, asynchronous, transient)
             except OutputRefusedError as refusal:
                 loosen = [s for s in prepared.slots if s[SHAPE] is not None and s[PREDICTED]]
@@ -364,7 +387,7 @@ class Executor:
                     plan = self.plans.unpredicted(
                         signature, plan, [s[INDEX] for s in loosen], "ONNX Runtime refused its predicted buffer"
                     )
-                    self._reprepare(prepared, [loosened(s) if s in loosen else s for s in prepared.slots])
+                    self._reprepare(prepared, [loosened(s) if s in loosen else s for s in prepared.slots], transient)
                     raise not_rerun(
                         self._shared_names(prepared),
                         names,
@@ -373,9 +396,8 @@ class Executor:
                     ) from refusal.__cause__
                 first = refusal
                 _log.debug("ORT refused a predicted output buffer (%s); rerunning with ORT allocating it", refusal.text)
-                self._reprepare(prepared, [loosened(s) if s in loosen else s for s in prepared.slots])
+                self._reprepare(prepared, [loosened(s) if s in loosen else s for s in prepared.slots], transient)
                 continue
-            prepared.runs += 1
             if not produced and first is None:
                 results: dict[str, Any] = prepared.results if transient else dict(prepared.results)
                 break
@@ -391,13 +413,16 @@ class Executor:
             results = dict(prepared.results)
             for (_, slot, buffer), (shape, value) in got:
                 if value is None:  # float8: ORT can hand over its shape only
+                    if buffer is not None:
+                        check_fits(slot, buffer, shape)  # before a run binds it: ORT would refuse it then
                     shape_only.append(slot[INDEX])
                     continue
                 results[slot[NAME]] = deliver(slot, buffer, shape, value)
             if shape_only:
                 # Only the shapes came back; the plan now knows them: bind buffers and run again.
                 verified = {s[INDEX]: s for s in plan.slots}
-                self._reprepare(prepared, [verified[s[INDEX]] if s[INDEX] in shape_only else s for s in prepared.slots])
+                slots = [verified[s[INDEX]] if s[INDEX] in shape_only else s for s in prepared.slots]
+                self._reprepare(prepared, slots, transient)
                 if prepared.shared:  # the run wrote the shared inputs: a rerun would read that
                     names = [self.spec.outputs[i].name for i in shape_only]
                     raise not_rerun(
@@ -420,15 +445,17 @@ class Executor:
     def _shared_names(self, prepared: Prepared) -> list[str]:
         return sorted(self.inputs.specs[i].name for i in (prepared.shared or {}).values())
 
-    def _reprepare(self, prepared: Prepared, slots: list[Slot]) -> None:
+    def _reprepare(self, prepared: Prepared, slots: list[Slot], transient: bool) -> None:
         """Re-bind ``prepared`` in place on a fresh binding with other slots (after a refusal); inputs
-        as the old binding holds them (``BoundCall.resize`` binds shapes no tensor has)."""
+        as the old binding holds them (``BoundCall.resize`` binds shapes no tensor has). A bound call
+        (not ``transient``) keeps the output tensors whose shapes stay: a caller may hold them."""
         old = prepared.binding
         binding = self.new_binding()
         for index, (address, shape) in enumerate(zip(old.addresses, old.shapes)):
             assert shape is not None and address >= 0, "a binding that ran has every input bound"
             self.inputs.bind_at(binding, index, address, shape)
-        fresh = self.prepare(binding, prepared.tensors, slots, prepared.buffers, prepared.shared)
+        keep = None if transient else {n: t for n, t in prepared.results.items() if t is not None}
+        fresh = self.prepare(binding, prepared.tensors, slots, prepared.buffers, prepared.shared, keep=keep)
         for field in ("binding", "slots", "results", "pending", "passthrough", "written", "bound", "common"):
             setattr(prepared, field, getattr(fresh, field))
         prepared.runs = 0
@@ -482,3 +509,11 @@ class Executor:
         finally:
             if lock is not None:
                 lock.release()
+
+
+def _written(prepared: Prepared, transient: bool) -> None:
+    """Bump the autograd versions of what a run wrote that the caller holds (``out=`` buffers, shared
+    inputs, a bound call's outputs), also when the call fails after the run: a graph that saved one
+    must raise in backward, not use what ORT wrote over it."""
+    if prepared.written and (prepared.buffers or prepared.shared or not transient):
+        _increment_version(prepared.written)

@@ -135,10 +135,17 @@ class OutputChecker:
                 "output_shapes",
                 lambda message, _: ShapeError(message, kind="output"),
             )
-            # A shape that is not one stays the caller's object, for the error that names it.
-            output_shapes = {
-                name: dims if (shape := as_shape(dims)) is None else shape for name, dims in shapes.items()
-            }
+            checked: dict[str, tuple[int, ...]] = {}
+            for name, dims in shapes.items():
+                shape = as_shape(dims)  # read once: the caller's sequence runs no code after this
+                if shape is None:
+                    raise ShapeError(
+                        f"output_shapes[{name!r}]: expected a sequence of ints in [0, 2**63), got {dims!r}",
+                        kind="output",
+                        name=name,
+                    )
+                checked[name] = shape
+            output_shapes = checked
         if share is not None:
             share = named(
                 mapping_of(share, "share", "output", OutputError, "output name -> input name"),
@@ -146,15 +153,15 @@ class OutputChecker:
                 lambda message, _: OutputError(message, kind="output"),
             )
             for output, source in share.items():
-                name = plain_str(source)
-                if name is None:
+                input_name = plain_str(source)
+                if input_name is None:
                     raise InputError(
                         f"share[{output!r}]: {source!r} is not an input of the model; name the input whose buffer "
                         f"{output!r} is written into",
                         kind="input",
                         name=str(source),
                     )
-                share[output] = name
+                share[output] = input_name
         return out, output_shapes, share
 
     def overrides(self, slots: Sequence[Slot], output_shapes: object) -> list[Slot]:
@@ -366,7 +373,8 @@ class OutputChecker:
             # allocating, and the buffer is compared with what it produced before it receives a copy.
             source = slot[PASSTHROUGH]
             passthrough = source is not None
-            unconfirmed = slot[PREDICTED] and slot[SHAPE] is None
+            expected = slot[EXPECTED]
+            unconfirmed = slot[PREDICTED] and slot[SHAPE] is None and expected is not None and all(expected)
             expected = tensors[source].shape if source is not None else None if unconfirmed else slot[EXPECTED]
             buffer = _binding.check_out_buffer(
                 name, spec, value, self.device, expected, slot[PREDICTED] and not passthrough
@@ -397,7 +405,7 @@ def allocators(spec: ModelSpec, device: torch.device) -> tuple[Any, ...]:
             allocate.append(None)
             continue
         if output.dtype not in prototypes:
-            with torch._C.DisableTorchFunction(), torch.inference_mode(False):
+            with _binding.without_modes(), torch.inference_mode(False):  # a session made under a fake mode too
                 prototypes[output.dtype] = torch.empty(0, dtype=output.dtype, device=device).new_empty
         allocate.append(prototypes[output.dtype])
     return tuple(allocate)
@@ -423,6 +431,14 @@ def deliver(slot: Slot, buffer: torch.Tensor | None, shape: tuple[int, ...], val
     if buffer is None:
         check_given(slot, shape)
         return value
+    check_fits(slot, buffer, shape)
+    if buffer.numel():  # a prediction being checked: ORT wrote its own memory
+        buffer.copy_(value)
+    return buffer
+
+
+def check_fits(slot: Slot, buffer: torch.Tensor, shape: tuple[int, ...]) -> None:
+    """Raise :class:`~ortbind.ShapeError` if a caller's ``out=`` buffer does not have the shape the run produced."""
     if shape != tuple(buffer.shape):
         whence = " that the dims the model declares or infers gave" if slot[PREDICTED] else ""
         raise ShapeError(
@@ -432,6 +448,3 @@ def deliver(slot: Slot, buffer: torch.Tensor | None, shape: tuple[int, ...], val
             kind="out",
             name=slot[NAME],
         )
-    if buffer.numel():  # a prediction being checked: ORT wrote its own memory
-        buffer.copy_(value)
-    return buffer

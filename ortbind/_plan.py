@@ -475,7 +475,7 @@ class PlanCache:
         wrong = {i: s for i, s in observed.items() if entries[i][0] in _PREDICTED and s != entries[i][1]}
         if refusal and not wrong:
             for index, shape in observed.items():
-                if refused is None or self._static[index][1] == refused:
+                if entries[index][0] in _PREDICTED and (refused is None or self._static[index][1] == refused):
                     entries[index] = (
                         ORT,
                         None,

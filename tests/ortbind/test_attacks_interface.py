@@ -291,8 +291,8 @@ def test_an_out_buffer_of_the_true_shape_is_taken_while_a_prediction_is_unconfir
 def test_a_float8_output_is_bound_to_its_out_buffer_when_its_prediction_proves_wrong() -> None:
     x = torch.tensor([1.0, 2.0, 448.0])
     expected = torch.cat([x, x]).to(torch.float8_e4m3fn).view(torch.uint8)
+    sess = ortbind.TorchSession(DOUBLED_FLOAT8, verify_shapes=True)
     for _ in range(2):  # the first bind checks the prediction (the float8 values come back in the buffer)
-        sess = ortbind.TorchSession(DOUBLED_FLOAT8, verify_shapes=True)
         buffer = torch.empty(6, dtype=torch.float8_e4m3fn)
         got = sess.bind({"x": x}, out={"y": buffer}).run()["y"]
         assert got is buffer and torch.equal(buffer.view(torch.uint8), expected)
@@ -337,3 +337,32 @@ def test_plans_get_checks_the_signature(signature: object, message: str, name: s
         sess.plans.get(signature)
     assert sess.plans.signatures() == []
     assert sess.plans.get([[2], [2]]).entries[0] == ("b", (2,), "")
+
+
+def test_a_float8_out_buffer_of_the_wrong_shape_is_refused_without_spoiling_the_plan() -> None:
+    model = parse(f"{OPSET} g (float[N, K] x) => (float8e4m3fn[N, K] y) {{ y = Cast <to = 17> (x) }}")
+    sess = ortbind.TorchSession(model, verify_shapes=True)
+    x = torch.arange(6.0).reshape(2, 3)
+    with raises(
+        ortbind.ShapeError,
+        "out 'y': the run produced shape (2, 3), not the expected (3, 2) that the dims the model declares or infers "
+        "gave; pass a buffer of shape (2, 3) (later calls take it)",
+        kind="out",
+        name="y",
+    ):
+        sess.run({"x": x}, out={"y": torch.empty(3, 2, dtype=torch.float8_e4m3fn)})
+    assert sess.resolve_shapes({"x": (2, 3)})["y"] == ortbind.OutputPlan("y", Rule.DECLARED, (2, 3))
+    got = sess(x=x)["y"]
+    assert torch.equal(got.view(torch.uint8), x.to(torch.float8_e4m3fn).view(torch.uint8))
+
+
+def test_an_out_buffer_for_an_empty_output_is_checked_before_the_run() -> None:
+    sess = ortbind.TorchSession(RELU)
+    with raises(
+        ortbind.ShapeError,
+        "out 'r': expected shape (0, 3) for these inputs (from the dims the model declares or infers for it), got "
+        "(5, 3); allocate it with that shape",
+        kind="out",
+        name="r",
+    ):
+        sess.run({"x": torch.ones(0, 3)}, out={"r": torch.full((5, 3), 7.0)})

@@ -282,3 +282,40 @@ def test_inspect_keeps_a_passed_through_inputs_rows_apart(tmp_path: Path, capsys
         "  x     FLOAT          float32          ['N']  -> (3,)  (b) declared",
         "  y     FLOAT          float32          ['N']  -> (3,)  (b) declared",
     ]
+
+
+class _NotAShapeFirst(Sequence[Any]):
+    """Not a shape on its first reading; a shape, that frees the input ``x``, on the next."""
+
+    def __init__(self, x: torch.Tensor) -> None:
+        self._x, self.reads = x, 0
+
+    def __len__(self) -> int:
+        return 1
+
+    def __getitem__(self, index: Any) -> Any:
+        if index >= 1:
+            raise IndexError(index)
+        self.reads += 1
+        if self.reads == 1:
+            return "not an int"
+        self._x.untyped_storage().resize_(0)
+        return SIZE
+
+
+def test_output_shapes_that_are_no_shape_are_refused_at_once() -> None:
+    """Kept as the caller's object for the error, it was read again after the inputs were bound."""
+    sess = ortbind.TorchSession(NEG)
+    x = torch.arange(1.0, SIZE + 1)
+    dims = _NotAShapeFirst(x)
+    with raises(ortbind.ShapeError, f"output_shapes['y']: expected a sequence of ints in [0, 2**63), got {dims!r}"):
+        sess.run({"x": x}, output_shapes={"y": dims})
+    assert dims.reads == 1 and x.untyped_storage().nbytes() == SIZE * 4
+
+
+def test_a_session_made_under_a_fake_mode_allocates_real_outputs() -> None:
+    with FakeTensorMode():
+        sess = ortbind.TorchSession(NEG)
+    x = torch.ones(4)
+    got = sess(x=x)["y"]
+    assert type(got) is torch.Tensor and torch.equal(got, -x)

@@ -305,3 +305,34 @@ def test_a_model_path_that_is_not_a_file_says_what_it_is(tmp_path: Path, make: A
     message = f"model file {str(path)!r} {what}; pass the path of a .onnx file"
     with raises(ortbind.ModelError, message, kind="model", name=str(path)):
         ortbind.TorchSession(path)
+
+
+def test_a_call_that_shares_and_fails_after_its_run_still_bumps_versions() -> None:
+    """The run wrote acc in place before the refusal: a graph that saved acc must raise in backward."""
+    sess = ortbind.TorchSession(ACCUMULATE_LYING)
+    acc = torch.zeros(4)
+    w = torch.ones(4, requires_grad=True)
+    loss = (w * acc).sum()  # saves acc for backward
+    with pytest.raises(ortbind.RunError):
+        sess.run({"x": torch.ones(4), "acc": acc}, share=SHARE)
+    assert torch.equal(acc, torch.ones(4))
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
+def test_a_bound_call_keeps_its_output_tensors_through_a_refused_prediction() -> None:
+    """The rerun let ORT allocate every prediction, and the outputs were then bound anew: a chained
+    call holding bound.outputs read a tensor no longer written."""
+    model = parse(f"""{OPSET}
+    g (float[N] x) => (float[N] z, float[N] w) {{
+        one = Constant <value = float[1] {{1.0}}> ()
+        z = Concat <axis = 0> (x, one)
+        w = Neg(x)
+    }}""")
+    x = torch.ones(4)
+    bound = ortbind.TorchSession(model).bind({"x": x})
+    w = bound.outputs["w"]
+    assert bound.run()["w"] is w  # z refused, rerun, learned
+    x.fill_(5.0)
+    assert bound.run()["w"] is w and bound.outputs["w"] is w
+    assert torch.equal(w, torch.full((4,), -5.0))

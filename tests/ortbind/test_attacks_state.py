@@ -398,9 +398,10 @@ def test_a_copied_subclass_input_is_copied_from_the_callers_tensor_as_it_is_now(
 
 # --------------------------------------------------------------------------- after a rebind that failed halfway
 
-# big's declared dims come to ~360 GB for a = 10 elements: the rebind binds a, then cannot allocate big.
+# big's declared dims come to ~3.6 PB for a = 10 elements, beyond any address space: the rebind binds a,
+# then cannot allocate big.
 _HUGE_FOR_TEN = parse(f"""{OPSET}
-g (float[N] a, float[M] b) => (float[N] z, float["(N-1)*100000000000+N"] big, float["2*M"] q) {{
+g (float[N] a, float[M] b) => (float[N] z, float["(N-1)*100000000000000+N"] big, float["2*M"] q) {{
     z = Add(a, a)
     big = Identity(a)
     q = Concat <axis = 0> (b, b)
@@ -419,7 +420,7 @@ g (float[N] a, float[M] b) => (float[N] z, float["(N-1)*100000000000+N"] big, fl
 def test_a_rebind_that_failed_halfway_is_undone_by_the_next_one(recover: Any, outputs: list[str] | None) -> None:
     """The next rebind of another input cleared the mark while the binding still held the failed rebind's
     (then freed) tensor: runs read freed memory."""
-    sess = ortbind.TorchSession(_HUGE_FOR_TEN, max_output_bytes=2**52)
+    sess = ortbind.TorchSession(_HUGE_FOR_TEN, max_output_bytes=2**60)
     a, b = torch.tensor([1.0]), torch.ones(8)
     bound = sess.bind({"a": a, "b": b[:3]}, outputs)
     bound.run()
