@@ -103,17 +103,19 @@ class OutputChecker:
                 f"of names",
                 kind="output",
             )
-        names = []
+        known, indices = self.index, []
         for given in list(output_names):  # read once; each name as a plain str (a subclass's __hash__ could lie)
-            name = plain_str(given)
-            if name is None or name not in self.index:
+            name = given if type(given) is str else plain_str(given)
+            index = None if name is None else known.get(name)
+            if index is None:
                 raise OutputError(self.unknown_message(str(given)), kind="output", name=str(given))
-            if name in names:
-                raise OutputError(
-                    f"output_names: {name!r} is named twice; name each output once", kind="output", name=name
-                )
-            names.append(name)
-        selected = tuple(self.index[name] for name in names)
+            indices.append(index)
+        if len(set(indices)) != len(indices):
+            twice = next(self.names[i] for n, i in enumerate(indices) if i in indices[:n])
+            raise OutputError(
+                f"output_names: {twice!r} is named twice; name each output once", kind="output", name=twice
+            )
+        selected = tuple(indices)
         return self.all if selected == self.all else selected  # every output, in order: the common call
 
     @staticmethod
@@ -153,6 +155,8 @@ class OutputChecker:
                 lambda message, _: OutputError(message, kind="output"),
             )
             for output, source in share.items():
+                if type(source) is str:
+                    continue
                 input_name = plain_str(source)
                 if input_name is None:
                     raise InputError(

@@ -61,15 +61,14 @@ def check_no_overlap(
     ORT may write an output while it still reads an input, so an aliased buffer gives wrong
     results even where the sizes fit.
     """
-    outs = [(n, t) for n, t in outs if t.numel()]
-    inputs = [(n, t) for n, t in inputs if t.numel()]
-    for i, (name, out) in enumerate(outs):
-        lo, hi = _span(out)
-        others = [("out", n, t) for n, t in outs[i + 1 :]] + [("input", n, t) for n, t in inputs]
-        for kind, other_name, other in others:
-            if other.device != out.device:
+    # Where each lies, worked out once (a call with shared KV buffers compares every pair).
+    placed = [("out", n, t.device, *_span(t)) for n, t in outs if t.numel()]
+    count = len(placed)
+    placed += [("input", n, t.device, *(_span(t) if t.is_contiguous() else extent(t))) for n, t in inputs if t.numel()]
+    for i, (_, name, device, lo, hi) in enumerate(placed[:count]):
+        for kind, other_name, other_device, olo, ohi in placed[i + 1 :]:
+            if other_device != device:
                 continue
-            olo, ohi = extent(other)
             if lo < ohi and olo < hi:
                 raise OutputError(
                     f"{label} {name!r}: buffer overlaps {kind} {other_name!r} in memory; "

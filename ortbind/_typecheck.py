@@ -46,7 +46,7 @@ def named(pairs: Mapping[Any, Any], what: str, error: Callable[[str, object], Ex
     """
     result: dict[str, Any] = {}
     for key, value in pairs.items():
-        name = plain_str(key)
+        name = key if type(key) is str else plain_str(key)
         if name is None:
             raise error(f"{what}: expected names (str) as keys, got {type(key).__name__} {key!r}", key)
         result[name] = value
