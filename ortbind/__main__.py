@@ -17,9 +17,10 @@ from collections.abc import Sequence
 
 import torch
 
+from ._binding import device_capacity
 from ._inference import ShapeInferencer
 from ._metadata import TensorSpec, load_model, read_spec
-from ._plan import PlanCache, device_capacity
+from ._plan import PlanCache
 from ._shapes import ShapeProgram, format_dims, format_shape
 from .errors import OrtbindError
 

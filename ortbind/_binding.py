@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import os
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Final
 
@@ -19,6 +21,7 @@ from onnxruntime.capi import _pybind_state as ort_c
 from onnxruntime.capi.onnxruntime_inference_collection import OrtDevice
 
 from ._metadata import TensorSpec
+from ._ort import OrtCalls
 from ._shapes import format_shape
 from ._typecheck import is_tensor
 from .errors import CopyWarning, DeviceError, DTypeError, InputError, OutputError, ShapeError, _warn
@@ -27,9 +30,11 @@ __all__ = [
     "CUDA_ALIGNMENT",
     "Binding",
     "CudaStreamOrder",
+    "ThreadBindings",
     "check_input",
     "check_out_buffer",
     "check_tensor",
+    "device_capacity",
     "dispatch_modes",
     "function_mode_enabled",
     "make_ort_device",
@@ -38,6 +43,19 @@ __all__ = [
     "unwritable",
     "without_modes",
 ]
+
+
+_BIND = OrtCalls("bind")
+
+
+def device_capacity(device: torch.device) -> int:
+    """Bytes a single output may take on ``device`` by default: all of its memory."""
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):  # not POSIX
+        return 1 << 62
 
 
 def make_ort_device(device: torch.device) -> Any:
@@ -412,3 +430,48 @@ class Binding:
         self.outputs: tuple[int, ...] | None = None
         self.busy = False
         self.bound_outputs: dict[str, tuple[int, torch.Size]] = {}
+
+
+class ThreadBindings:
+    """Each thread's binding for the plain calls of one session.
+
+    Reused by its thread (making one costs about as much as the rest of a tiny call): every call
+    re-binds each output it asks for and each input whose address or shape changed, and clears
+    the old outputs first when it asks for others. A call made from user code inside a busy one
+    (a subclass's ``__torch_function__``, a mapping's methods) gets its own.
+
+    Args:
+        session: ORT's C session object.
+        inputs: How many inputs the model has.
+    """
+
+    def __init__(self, session: Any, inputs: int) -> None:
+        self._session, self._inputs = session, inputs
+        self._local = threading.local()
+
+    def take(self, outputs: tuple[int, ...]) -> Binding:
+        """This thread's binding for one call, for these outputs; the caller marks it busy (and clears
+        that, or :meth:`drop`s it if the call fails)."""
+        local = self._local
+        binding: Binding | None = getattr(local, "binding", None)
+        if binding is None or binding.busy:
+            fresh = Binding(self._session, self._inputs)
+            fresh.outputs = outputs
+            if binding is None:
+                local.binding = fresh
+            return fresh
+        if binding.outputs is not outputs and binding.outputs != outputs:
+            if binding.outputs is not None:
+                with _BIND:
+                    binding.io.clear_binding_outputs()
+            binding.outputs = outputs
+        return binding
+
+    def drop(self, binding: Binding) -> None:
+        """Forget ``binding`` if it is this thread's (a call that failed with it)."""
+        if getattr(self._local, "binding", None) is binding:
+            self._local.binding = None
+
+    def new(self) -> Binding:
+        """A fresh binding, nothing bound, of no thread (a bound call's, a retry's)."""
+        return Binding(self._session, self._inputs)

@@ -19,7 +19,7 @@ import torch
 from . import _binding, _held, _overlap
 from ._binding import dispatch_modes, function_mode_enabled, without_modes
 from ._plan import INDEX, NAME, PASSTHROUGH, SHAPE, Slot
-from ._prepared import BoundState, Uncopyable
+from ._prepared import BoundState, Uncopyable, busy
 from .errors import ConfigError, InputError, RunError, ShapeError
 
 if TYPE_CHECKING:
@@ -86,7 +86,7 @@ class BoundCall(Uncopyable):
         self._runs = 0
         self._broken: str | None = None
         given = engine.inputs.named(feeds, "feeds")
-        binding = engine.executor.new_binding()
+        binding = engine.executor.bindings.new()
         tensors, signature, _ = engine.inputs.check(given, binding)
         self._state = self._prepare(given, tensors, signature, binding, keep={})
 
@@ -205,7 +205,7 @@ class BoundCall(Uncopyable):
         if feeds is not None and more:
             changes.update(more)
         if not self._lock.acquire(blocking=False):
-            raise _busy("rebind")
+            raise busy("rebind")
         try:
             self._rebind(changes)
         finally:
@@ -232,7 +232,7 @@ class BoundCall(Uncopyable):
             with without_modes():
                 return self.resize(**shapes)
         if not self._lock.acquire(blocking=False):
-            raise _busy("resize")
+            raise busy("resize")
         try:
             state = self._state
             for index, _, _ in state.refresh:
@@ -436,7 +436,7 @@ class BoundCall(Uncopyable):
             with without_modes():
                 return self.run(run_options=run_options, synchronize=synchronize)
         if not self._lock.acquire(False):
-            raise _busy("run")
+            raise busy("run")
         try:
             if self._broken is not None:
                 raise RunError(f"bound call: {self._broken}; rebind() again before running", kind="run")
@@ -492,11 +492,3 @@ class BoundCall(Uncopyable):
             name = self._engine.inputs.names[index]
             tensors[index] = feeds[name] = self._view(state, name, shape)
         return tensors, feeds
-
-
-def _busy(what: str) -> RunError:
-    return RunError(
-        f"bound call: {what}() while another thread uses it; a BoundCall is not for concurrent use, "
-        f"bind one per thread",
-        kind="run",
-    )

@@ -65,6 +65,7 @@ class Engine:
         self.plans = plans
         self.policy = policy
         self.executor = executor
+        self.bindings = executor.bindings
         self.cuda_graph = cuda_graph
         self.host_inputs = host_inputs
         self._graph_ids = itertools.count()
@@ -97,7 +98,7 @@ class Engine:
         indices = every if output_names is None else self.outputs.select(output_names)
         if out is not None or output_shapes is not None or share is not None:
             out, output_shapes, share = self.outputs.snapshot(out, output_shapes, share)
-        binding = executor.take_binding(indices)
+        binding = self.bindings.take(indices)
         try:
             binding.busy = True  # in the try: an interrupt just before it cannot leave it busy for good
             tensors, signature, given = self.inputs.check(feeds, binding)
@@ -120,7 +121,7 @@ class Engine:
             results, _ = executor.execute(prepared, signature, plan, options, asynchronous, transient=True)
             return results
         except BaseException:
-            executor.drop_binding(binding)  # a failed call may leave it half-bound
+            self.bindings.drop(binding)  # a failed call may leave it half-bound
             raise
         finally:
             binding.busy = False

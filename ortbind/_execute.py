@@ -21,7 +21,7 @@ import onnxruntime as ort
 import torch
 
 from . import _binding, _overlap
-from ._binding import Binding, CudaStreamOrder
+from ._binding import Binding, CudaStreamOrder, ThreadBindings
 from ._handover import collect, dlpack_supported
 from ._held import Held, check_held
 from ._inputs import InputChecker
@@ -96,41 +96,7 @@ class Executor:
         self.ort_device = _binding.make_ort_device(device)
         self.dlpack_ok = tuple(dlpack_supported(s) for s in spec.outputs)
         self.allocate = allocators(spec, device)
-        self._local = threading.local()
-
-    # ------------------------------------------------------------------ bindings
-
-    def take_binding(self, outputs: tuple[int, ...]) -> Binding:
-        """This thread's binding for one plain call, which marks it busy (and clears that, or drops it if it fails).
-
-        Reused by its thread (making one costs about as much as the rest of a tiny call): every
-        call re-binds each output it asks for and each input whose address or shape changed, and
-        clears the old outputs first when it asks for others. A call made from user code inside
-        a busy one (a subclass's ``__torch_function__``, a mapping's methods) gets its own.
-        """
-        local = self._local
-        binding: Binding | None = getattr(local, "binding", None)
-        if binding is None or binding.busy:
-            fresh = Binding(self.session, len(self.inputs.specs))
-            fresh.outputs = outputs
-            if binding is None:
-                local.binding = fresh
-            return fresh
-        if binding.outputs is not outputs and binding.outputs != outputs:
-            if binding.outputs is not None:
-                with _BIND:
-                    binding.io.clear_binding_outputs()
-            binding.outputs = outputs
-        return binding
-
-    def drop_binding(self, binding: Binding) -> None:
-        """Forget ``binding`` if it is this thread's (a call that failed with it)."""
-        if getattr(self._local, "binding", None) is binding:
-            self._local.binding = None
-
-    def new_binding(self) -> Binding:
-        """A fresh binding, nothing bound."""
-        return Binding(self.session, len(self.inputs.specs))
+        self.bindings = ThreadBindings(session, len(inputs.specs))
 
     # ------------------------------------------------------------------ preparing
 
@@ -450,7 +416,7 @@ class Executor:
         as the old binding holds them (``BoundCall.resize`` binds shapes no tensor has). A bound call
         (not ``transient``) keeps the output tensors whose shapes stay: a caller may hold them."""
         old = prepared.binding
-        binding = self.new_binding()
+        binding = self.bindings.new()
         for index, (address, shape) in enumerate(zip(old.addresses, old.shapes)):
             assert shape is not None and address >= 0, "a binding that ran has every input bound"
             self.inputs.bind_at(binding, index, address, shape)

@@ -10,7 +10,6 @@ refuses a caller's buffer of the right shape, :meth:`PlanCache.learn` records it
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -42,7 +41,6 @@ __all__ = [
     "PlanCache",
     "Signature",
     "Slot",
-    "device_capacity",
     "fixed",
     "loosened",
     "make_slot",
@@ -203,16 +201,6 @@ class Plan:
 def _with(checked: frozenset[int] | None, observed: Mapping[int, Shape]) -> frozenset[int] | None:
     """``checked`` and the outputs a run just observed (``None`` stays: every prediction trusted)."""
     return None if checked is None else checked | observed.keys()
-
-
-def device_capacity(device: torch.device) -> int:
-    """Bytes a single output may take on ``device`` by default: all of its memory."""
-    if device.type == "cuda":
-        return int(torch.cuda.get_device_properties(device).total_memory)
-    try:
-        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-    except (ValueError, OSError, AttributeError):  # not POSIX
-        return 1 << 62
 
 
 def _format_bytes(count: int) -> str:

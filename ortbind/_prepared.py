@@ -15,9 +15,9 @@ from ._binding import Binding
 from ._held import Held
 from ._overlap import Span
 from ._plan import Plan, Slot
-from .errors import ConfigError
+from .errors import ConfigError, RunError
 
-__all__ = ["BoundState", "Prepared", "Uncopyable"]
+__all__ = ["BoundState", "Prepared", "Uncopyable", "busy"]
 
 
 class Prepared:
@@ -147,3 +147,12 @@ class Uncopyable:
         )
 
     __copy__ = __deepcopy__ = __reduce_ex__ = __reduce__ = _refuse
+
+
+def busy(what: str) -> RunError:
+    """The error for a bound call used by a second thread while one uses it."""
+    return RunError(
+        f"bound call: {what}() while another thread uses it; a BoundCall is not for concurrent use, "
+        f"bind one per thread",
+        kind="run",
+    )

@@ -23,7 +23,7 @@ from ._inputs import InputChecker
 from ._interface import check_flags, check_interface, host_memory_inputs
 from ._metadata import ModelSource, ModelSpec, TensorSpec, read_spec
 from ._outputs import OutputChecker, mapping_of
-from ._plan import DEFAULT_SIZE, PlanCache, device_capacity
+from ._plan import DEFAULT_SIZE, PlanCache
 from ._prepared import Uncopyable
 from ._providers import ProviderSpec
 from ._runoptions import RunPolicy
@@ -237,7 +237,7 @@ class TorchSession(Uncopyable):
                 kind="option",
                 name="cuda_graph",
             )
-        self._max_output_bytes = max_output_bytes or device_capacity(device)
+        self._max_output_bytes = max_output_bytes or _binding.device_capacity(device)
         host = host_memory_inputs(loaded.session) if on_cuda else frozenset()
         cpu = torch.device("cpu")
         devices = [cpu if s.name in host else device for s in spec.inputs]
