@@ -77,3 +77,20 @@ def random_tensor(dtype: torch.dtype, shape: Sequence[int], seed: int = 0) -> to
 def as_bytes(tensor: torch.Tensor) -> bytes:
     """A contiguous tensor's memory, for bit-for-bit comparisons."""
     return tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+
+
+def with_dims(model: bytes, dims: dict[str, Sequence[int | str]]) -> bytes:
+    """``model`` with these graph outputs declared with other dims: expressions such as ``'2*M'``, which
+    the ONNX text parser of older onnx releases cannot read."""
+    proto = onnx.load_model_from_string(model)
+    for value in proto.graph.output:
+        if value.name in dims:
+            shape = value.type.tensor_type.shape
+            shape.ClearField("dim")
+            for size in dims[value.name]:
+                dim = shape.dim.add()
+                if isinstance(size, int):
+                    dim.dim_value = size
+                else:
+                    dim.dim_param = size
+    return bytes(proto.SerializeToString())

@@ -22,7 +22,7 @@ import ortbind
 from ortbind import Rule
 
 from ..helpers import raises
-from ..models import parse
+from ..models import parse, with_dims
 from ..reference import assert_equal_reference, reference
 
 OPSET = '<ir_version: 8, opset_import: ["" : 17]>'
@@ -400,12 +400,15 @@ def test_a_copied_subclass_input_is_copied_from_the_callers_tensor_as_it_is_now(
 
 # big's declared dims come to ~3.6 PB for a = 10 elements, beyond any address space: the rebind binds a,
 # then cannot allocate big.
-_HUGE_FOR_TEN = parse(f"""{OPSET}
-g (float[N] a, float[M] b) => (float[N] z, float["(N-1)*100000000000000+N"] big, float["2*M"] q) {{
+_HUGE_FOR_TEN = with_dims(
+    parse(f"""{OPSET}
+g (float[N] a, float[M] b) => (float[N] z, float[N] big, float[M] q) {{
     z = Add(a, a)
     big = Identity(a)
     q = Concat <axis = 0> (b, b)
-}}""")
+}}"""),
+    {"big": ["(N-1)*100000000000000+N"], "q": ["2*M"]},
+)
 
 
 @pytest.mark.parametrize(
@@ -445,11 +448,14 @@ def test_a_rebind_that_failed_halfway_is_undone_by_the_next_one(recover: Any, ou
 def test_a_step_that_keeps_the_plan_learns_for_its_own_signature() -> None:
     """A step changes axes that none of the bound outputs read and keeps its plan; a refusal learned
     then stored that plan under the new signature, with the old shapes of the outputs it does not compute."""
-    model = parse(f"""{OPSET}
-    g (float[N] a, float[M] b) => (float[N] y, float["2*M"] q) {{
+    model = with_dims(
+        parse(f"""{OPSET}
+    g (float[N] a, float[M] b) => (float[N] y, float[M] q) {{
         y = Mul(a, b)
         q = Concat <axis = 0> (b, b)
-    }}""")
+    }}"""),
+        {"q": ["2*M"]},
+    )
     sess = ortbind.TorchSession(model)
     bound = sess.bind({"a": torch.ones(1), "b": torch.ones(1)}, ["y"])
     bound.run()
