@@ -30,8 +30,8 @@ from ._outputs import OutputChecker
 from ._plan import NAME, Plan, PlanCache, Signature, Slot, fixed
 from ._runoptions import RunPolicy
 from ._shapes import OutputPlan
-from ._typecheck import as_shape, is_mapping
-from .errors import InputError, OutputError, ShapeError
+from ._typecheck import is_mapping, shape_of
+from .errors import InputError, OutputError
 
 __all__ = ["Engine"]
 
@@ -96,14 +96,15 @@ class Engine:
         executor = self.executor
         every = self.outputs.all
         indices = every if output_names is None else self.outputs.select(output_names)
+        shapes = None
         if out is not None or output_shapes is not None or share is not None:
-            out, output_shapes, share = self.outputs.snapshot(out, output_shapes, share)
+            out, shapes, share = self.outputs.snapshot(out, output_shapes, share)
         binding = self.bindings.take(indices)
         try:
             binding.busy = True  # in the try: an interrupt just before it cannot leave it busy for good
             tensors, signature, given = self.inputs.check(feeds, binding)
             plan = self.plans.plan(signature)
-            if indices is every and out is None and output_shapes is None and share is None:
+            if indices is every and out is None and shapes is None and share is None:
                 if plan.simple:
                     return executor.fresh(binding, tensors, signature, plan, options, asynchronous)
                 prepared = executor.prepare(binding, tensors, plan.slots, None)
@@ -116,7 +117,7 @@ class Engine:
                     # A float8 prediction is checked by a run that gives its shape only, then a second run:
                     # with shared buffers, that second run would read what the first wrote. Check it apart.
                     plan = self.verify(dict(zip(self.inputs.names, tensors)), indices, signature, out)
-                slots, buffers, shared = self.outputs_for(plan, indices, tensors, given, out, output_shapes, share)
+                slots, buffers, shared = self.outputs_for(plan, indices, tensors, given, out, shapes, share)
                 prepared = executor.prepare(binding, tensors, slots, buffers, shared)
             results, _ = executor.execute(prepared, signature, plan, options, asynchronous, transient=True)
             return results
@@ -133,10 +134,11 @@ class Engine:
         tensors: Sequence[torch.Tensor],
         given: Sequence[object],
         out: object,
-        output_shapes: object,
+        output_shapes: Mapping[str, tuple[int, ...]] | None,
         share: object,
     ) -> tuple[list[Slot], dict[str, torch.Tensor] | None, dict[str, int] | None]:
-        """The slots, checked ``out=`` buffers and shared outputs of a call with this plan.
+        """The slots, checked ``out=`` buffers and shared outputs of a call with this plan
+        (``output_shapes`` as :meth:`~._outputs.OutputChecker.snapshot` checked them).
 
         ``tensors``: the inputs as bound; ``given``: the caller's values they came from (a shared
         output must be written into the caller's very memory, not into a copy of it).
@@ -148,7 +150,7 @@ class Engine:
         if share is not None:
             shared = self.outputs.shared(share, slots, tensors, given, self.inputs.index) or None
             if shared and output_shapes is not None:
-                both = next((name for name in shared if name in output_shapes), None)  # type: ignore[operator]
+                both = next((name for name in shared if name in output_shapes), None)
                 if both is not None:
                     raise OutputError(
                         f"output_shapes[{both!r}]: it is shared with input "
@@ -191,14 +193,7 @@ class Engine:
                     kind="input",
                     name=name,
                 )
-            shape = as_shape(input_shapes[name])
-            if shape is None:
-                raise ShapeError(
-                    f"input_shapes[{name!r}]: expected a sequence of ints in [0, 2**63), got {input_shapes[name]!r}",
-                    kind="input",
-                    name=name,
-                )
-            shapes.append(shape)
+            shapes.append(shape_of(input_shapes[name], f"input_shapes[{name!r}]", "input", name))
         if len(input_shapes) != len(shapes):
             for name in input_shapes:
                 self.inputs.require(name)

@@ -16,7 +16,7 @@ from . import _binding, _overlap
 from ._metadata import ModelSpec, TensorSpec
 from ._plan import BEYOND_LIMIT, EXPECTED, INDEX, NAME, PASSTHROUGH, PREDICTED, PROBLEM, SHAPE, PlanCache, Slot, fixed
 from ._shapes import format_dims, format_shape
-from ._typecheck import as_shape, is_mapping, is_tensor, named, plain_str
+from ._typecheck import is_mapping, is_tensor, named, plain_str, shape_of
 from .errors import DTypeError, InputError, ModelError, OrtbindError, OutputError, ShapeError
 
 __all__ = ["OutputChecker", "allocators", "deliver", "mapping_of", "no_dlpack", "unsupported_output"]
@@ -119,7 +119,9 @@ class OutputChecker:
         return self.all if selected == self.all else selected  # every output, in order: the common call
 
     @staticmethod
-    def snapshot(out: object, output_shapes: object, share: object) -> tuple[Any, Any, Any]:
+    def snapshot(
+        out: object, output_shapes: object, share: object
+    ) -> tuple[dict[str, Any] | None, dict[str, tuple[int, ...]] | None, dict[str, str] | None]:
         """``out=``, ``output_shapes=`` and ``share=`` read once, before anything of the call is bound.
 
         Reading them runs the caller's code (a mapping's methods, an int-like's ``__index__``), which
@@ -138,15 +140,8 @@ class OutputChecker:
                 lambda message, _: ShapeError(message, kind="output"),
             )
             checked: dict[str, tuple[int, ...]] = {}
-            for name, dims in shapes.items():
-                shape = as_shape(dims)  # read once: the caller's sequence runs no code after this
-                if shape is None:
-                    raise ShapeError(
-                        f"output_shapes[{name!r}]: expected a sequence of ints in [0, 2**63), got {dims!r}",
-                        kind="output",
-                        name=name,
-                    )
-                checked[name] = shape
+            for name, dims in shapes.items():  # read once: the caller's sequence runs no code after this
+                checked[name] = shape_of(dims, f"output_shapes[{name!r}]", "output", name)
             output_shapes = checked
         if share is not None:
             share = named(
@@ -168,14 +163,14 @@ class OutputChecker:
                 share[output] = input_name
         return out, output_shapes, share
 
-    def overrides(self, slots: Sequence[Slot], output_shapes: object) -> list[Slot]:
-        """``slots`` with per-call ``output_shapes`` applied (rule a for this call).
+    def overrides(self, slots: Sequence[Slot], shapes: Mapping[str, tuple[int, ...]]) -> list[Slot]:
+        """``slots`` with per-call ``output_shapes`` applied (rule a for this call); ``shapes`` as
+        :meth:`snapshot` read and checked them.
 
         Raises:
-            ShapeError: Not a mapping, an output not in this call, or a shape that is not a
-                sequence of sizes, has another rank than declared, or is beyond ``max_output_bytes``.
+            ShapeError: An output not in this call, or a shape of another rank than declared, or
+                beyond ``max_output_bytes``.
         """
-        shapes = mapping_of(output_shapes, "output_shapes", "output", ShapeError, "output name -> shape")
         wanted = {s[NAME] for s in slots}
         for name in shapes:
             if name not in wanted:
@@ -191,16 +186,9 @@ class OutputChecker:
             if dims is None:
                 result.append(slot)
                 continue
-            shape = as_shape(dims)
-            if shape is None:
-                raise ShapeError(
-                    f"output_shapes[{slot[NAME]!r}]: expected a sequence of ints in [0, 2**63), got {dims!r}",
-                    kind="output",
-                    name=slot[NAME],
-                )
-            self._check_rank(f"output_shapes[{slot[NAME]!r}]", slot[INDEX], shape, "output")
-            self.plans.check_override(slot[INDEX], shape)
-            result.append(fixed(slot, shape))
+            self._check_rank(f"output_shapes[{slot[NAME]!r}]", slot[INDEX], dims, "output")
+            self.plans.check_override(slot[INDEX], dims)
+            result.append(fixed(slot, dims))
         return result
 
     def _check_rank(self, where: str, index: int, shape: Sequence[int], kind: str) -> None:

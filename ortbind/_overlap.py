@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
-from ._typecheck import as_shape
+from ._typecheck import shape_of
 from .errors import OutputError, ShapeError
 
 __all__ = ["Span", "check_no_overlap", "extent", "fits_storage", "overlaps", "resize_shape", "spans"]
@@ -100,9 +100,4 @@ def fits_storage(name: str, tensor: torch.Tensor, shape: Sequence[int]) -> int:
 
 def resize_shape(name: str, dims: object) -> torch.Size:
     """For ``BoundCall.resize``: the shape asked for input ``name``, read once; a ShapeError if it is not one."""
-    shape = as_shape(dims)
-    if shape is None:
-        raise ShapeError(
-            f"resize {name!r}: expected a sequence of ints in [0, 2**63), got {dims!r}", kind="input", name=name
-        )
-    return torch.Size(shape)
+    return torch.Size(shape_of(dims, f"resize {name!r}", "input", name))

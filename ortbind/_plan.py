@@ -20,7 +20,7 @@ import torch
 
 from ._metadata import TensorSpec
 from ._shapes import RULES, InferFn, OutputPlan, Rule, Shape, ShapeProgram, format_dims, format_shape
-from ._typecheck import as_shape
+from ._typecheck import shape_of
 from .errors import ShapeError
 
 __all__ = [
@@ -278,16 +278,7 @@ class PlanCache:
                 f"{signature!r}",
                 kind="input",
             )
-        shapes = []
-        for name, dims in zip(names, signature):
-            shape = as_shape(dims)
-            if shape is None:
-                raise ShapeError(
-                    f"signature: input {name!r}: expected a sequence of ints in [0, 2**63), got {dims!r}",
-                    kind="input",
-                    name=name,
-                )
-            shapes.append(shape)
+        shapes = [shape_of(dims, f"signature: input {name!r}", "input", name) for name, dims in zip(names, signature)]
         return self.plan(tuple(shapes))  # type: ignore[arg-type]  # tuples hash and compare as torch.Size
 
     def plan(self, signature: Signature) -> Plan:

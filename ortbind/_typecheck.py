@@ -13,9 +13,11 @@ from typing import Any, Final, TypeGuard
 
 import torch
 
+from .errors import ShapeError
+
 _INT64: Final = 1 << 63
 
-__all__ = ["as_shape", "is_mapping", "is_tensor", "named", "plain_str"]
+__all__ = ["as_shape", "is_mapping", "is_tensor", "named", "plain_str", "shape_of"]
 
 
 def is_tensor(value: object) -> TypeGuard[torch.Tensor]:
@@ -75,3 +77,12 @@ def as_shape(dims: object) -> tuple[int, ...] | None:
             return None
         shape.append(size)
     return tuple(shape)
+
+
+def shape_of(dims: object, where: str, kind: str, name: str) -> tuple[int, ...]:
+    """``dims`` as a shape (:func:`as_shape`), read once; a :class:`~ortbind.ShapeError` saying ``where``
+    expected one, naming ``name``, if it is not one."""
+    shape = as_shape(dims)
+    if shape is None:
+        raise ShapeError(f"{where}: expected a sequence of ints in [0, 2**63), got {dims!r}", kind=kind, name=name)
+    return shape
