@@ -323,6 +323,7 @@ class Executor:
         retry: bool,
         refused: OutputRefusedError | None,
     ) -> tuple[dict[str, torch.Tensor], Plan]:
+        """The body of :meth:`_execute`, which bumps the written buffers' versions if this raises."""
         first: OutputRefusedError | None = None
         while True:
             try:
@@ -404,8 +405,7 @@ class Executor:
             source = prepared.tensors[slot[PASSTHROUGH]]  # type: ignore[index]
             check_given(slot, tuple(source.shape))
             results[slot[NAME]] = source.clone() if target is None else target.copy_(source)
-        if prepared.written and (prepared.buffers or prepared.shared or not transient):
-            _increment_version(prepared.written)
+        _written(prepared, transient)
         return results, plan
 
     def _shared_names(self, prepared: Prepared) -> list[str]:

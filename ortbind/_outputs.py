@@ -51,6 +51,16 @@ def no_dlpack(spec: TensorSpec, reason: str) -> ShapeError:
     )
 
 
+def _not_an_input(output: str, source: object) -> InputError:
+    """The error for a ``share=`` pair whose input is not one of the model's."""
+    return InputError(
+        f"share[{output!r}]: {source!r} is not an input of the model; name the input whose buffer {output!r} is "
+        f"written into",
+        kind="input",
+        name=str(source),
+    )
+
+
 def mapping_of(value: object, what: str, kind: str, error: type[OrtbindError], example: str) -> Mapping[str, Any]:
     """``value`` if it is a mapping, else ``error`` saying ``what`` expected a mapping of ``example``."""
     if not is_mapping(value):
@@ -154,12 +164,7 @@ class OutputChecker:
                     continue
                 input_name = plain_str(source)
                 if input_name is None:
-                    raise InputError(
-                        f"share[{output!r}]: {source!r} is not an input of the model; name the input whose buffer "
-                        f"{output!r} is written into",
-                        kind="input",
-                        name=str(source),
-                    )
+                    raise _not_an_input(output, source)
                 share[output] = input_name
         return out, output_shapes, share
 
@@ -240,12 +245,7 @@ class OutputChecker:
                 raise OutputError(self.unknown_message(str(output)), kind="output", name=str(output))
             index = inputs.get(source) if isinstance(source, str) else None
             if index is None:
-                raise InputError(
-                    f"share[{output!r}]: {source!r} is not an input of the model; name the input whose buffer "
-                    f"{output!r} is written into",
-                    kind="input",
-                    name=str(source),
-                )
+                raise _not_an_input(output, source)
             if slot[PASSTHROUGH] is not None:
                 raise OutputError(
                     f"share[{output!r}]: it is the input {source!r} itself (a pass-through output); leave it out",
