@@ -94,3 +94,13 @@ def with_dims(model: bytes, dims: dict[str, Sequence[int | str]]) -> bytes:
                 else:
                     dim.dim_param = size
     return bytes(proto.SerializeToString())
+
+
+ACCUMULATE_LYING = parse("""<ir_version: 10, opset_import: ["" : 21]>
+g (float[N] x, float[N] acc) => (float[N] acc_out, float[N] z) {
+    one = Constant <value = float[1] {1.0}> ()
+    acc_out = Add(acc, x)
+    z = Concat <axis = 0> (acc_out, one)
+}""")
+"""acc_out = acc + x (a model to write acc in place with ``share=``); z declared ``[N]`` but really
+N + 1, so ORT refuses a buffer of the declared shape, and only once the Add has written acc."""

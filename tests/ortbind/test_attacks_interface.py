@@ -20,18 +20,11 @@ import ortbind
 from ortbind import Rule
 
 from ..helpers import raises
-from ..models import parse
+from ..models import ACCUMULATE_LYING, parse
 from ..reference import assert_equal_reference, reference
 
 OPSET = '<ir_version: 10, opset_import: ["" : 21]>'
 
-# acc_out = acc + x; z declared [N] but really N + 1.
-ACCUMULATE_LYING = parse(f"""{OPSET}
-g (float[N] x, float[N] acc) => (float[N] acc_out, float[N] z) {{
-    one = Constant <value = float[1] {{1.0}}> ()
-    acc_out = Add(acc, x)
-    z = Concat <axis = 0> (acc_out, one)
-}}""")
 RELU = parse(f"{OPSET} g (float[N, 3] x) => (float[N, 3] r) {{ r = Relu(x) }}")
 RELU_AND_INPUT = parse(f"{OPSET} g (float[N] x) => (float[N] y, float[N] x) {{ y = Relu(x) }}")
 RELU_INT32 = parse(f"{OPSET} g (float[N] x) => (int32[N] y) {{ y = Cast <to = 6> (x) }}")

@@ -50,6 +50,23 @@ def _inferred(sess: ortbind.TorchSession, rows: int) -> tuple[Rule, tuple[int, .
     return plan.rule, plan.shape
 
 
+def _fork_a_child_that_infers(sess: ortbind.TorchSession) -> int:
+    """Fork; the child infers once (killed after 30 s if it hangs) and exits 0 if the answer is right."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork() with threads running
+        pid = os.fork()
+    if pid == 0:
+        signal.alarm(30)
+        ok = _inferred(sess, 5) == (Rule.INFERRED, (10, 3))
+        os._exit(0 if ok else 1)
+    return pid
+
+
+def _exit_code(pid: int) -> int:
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
 def test_a_drop_never_waits_for_the_worker() -> None:
     """A session's finalizer may run (cyclic GC) while this very thread holds the worker's lock."""
     done = threading.Event()
@@ -71,15 +88,8 @@ def test_a_forked_child_infers_even_if_the_parent_held_the_lock() -> None:
     sess = ortbind.TorchSession(DOUBLED)
     assert _inferred(sess, 2) == (Rule.INFERRED, (4, 3))
     with _WORKER._lock:  # another thread of the parent is mid-request when the process forks
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # fork() with threads running
-            pid = os.fork()
-        if pid == 0:
-            signal.alarm(30)
-            ok = _inferred(sess, 5) == (Rule.INFERRED, (10, 3))
-            os._exit(0 if ok else 1)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+        pid = _fork_a_child_that_infers(sess)
+    assert _exit_code(pid) == 0
     assert _inferred(sess, 3) == (Rule.INFERRED, (6, 3))
 
 
@@ -156,18 +166,11 @@ def test_a_forked_child_infers_while_another_thread_of_the_parent_builds_the_ske
     thread.start()
     assert building.wait(30)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # fork() with threads running
-            pid = os.fork()
-        if pid == 0:
-            signal.alarm(30)
-            ok = _inferred(sess, 5) == (Rule.INFERRED, (10, 3))
-            os._exit(0 if ok else 1)
-        _, status = os.waitpid(pid, 0)
+        code = _exit_code(_fork_a_child_that_infers(sess))
     finally:
         release.set()
         thread.join(30)
-    assert os.waitstatus_to_exitcode(status) == 0
+    assert code == 0
     assert answers == [(Rule.INFERRED, (4, 3))]
     assert _inferred(sess, 3) == (Rule.INFERRED, (6, 3))
 
