@@ -30,7 +30,7 @@ from ._outputs import OutputChecker
 from ._plan import NAME, Plan, PlanCache, Signature, Slot, fixed
 from ._runoptions import RunPolicy
 from ._shapes import OutputPlan
-from ._typecheck import is_mapping, shape_of
+from ._typecheck import as_shape, is_mapping, shape_of
 from .errors import InputError, OutputError
 
 __all__ = ["Engine"]
@@ -193,7 +193,9 @@ class Engine:
                     kind="input",
                     name=name,
                 )
-            shapes.append(shape_of(input_shapes[name], f"input_shapes[{name!r}]", "input", name))
+            dims = input_shapes[name]
+            shape = as_shape(dims)  # shape_of only to raise: its message is not built for every input (decoder loops)
+            shapes.append(shape if shape is not None else shape_of(dims, f"input_shapes[{name!r}]", "input", name))
         if len(input_shapes) != len(shapes):
             for name in input_shapes:
                 self.inputs.require(name)
